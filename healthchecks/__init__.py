@@ -1,0 +1,1 @@
+"""healthchecks: async health probes, independent of anycastd."""
