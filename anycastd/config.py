@@ -1,0 +1,1661 @@
+"""Configuration: TOML files -> one validated, immutable model.
+
+Theory of operation
+-------------------
+1. Parse the main file and every ``conf.d/*.toml`` beside it (lexical order) with tomllib.
+   A syntax error is reported with file, line and column; if any file fails to parse we
+   stop there (validating half a configuration produces misleading errors).
+2. Merge: drop-ins may only contain ``[services.NAME]`` tables. A service defined twice is
+   an error naming both files.
+3. Validate each section and each service separately with frozen pydantic models
+   (``extra="forbid"``), so one broken service does not hide the errors of another.
+   Per-check timing (interval, timeout, ...) is inherited from the service while validating,
+   so every check model carries its *effective* values.
+4. Cross-field and cross-section rules run over the validated pieces.
+5. Every problem becomes a ``ConfigIssue(file, key, message)``; if there is any, one
+   ``ConfigError`` carries them all. Pydantic's messages never reach the user unmapped.
+
+Models are frozen and hashable: two loads of an unchanged service compare equal, which is
+how a reload finds the services it must leave alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import socket
+import tomllib
+import types
+import typing
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import dns.exception
+import dns.rcode
+import dns.rdatatype
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SecretStr,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from anycastd.durations import DurationError, format_duration, parse_duration
+
+__all__ = [
+    "CHECK_TYPES",
+    "DEFAULT_CONFIG_PATH",
+    "ApiConfig",
+    "BgpConfig",
+    "BgpNeighbor",
+    "BgpStateAttrs",
+    "Check",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "ConfigNotFound",
+    "Damping",
+    "DnsCheck",
+    "ExecCheck",
+    "FileCheck",
+    "GlobalConfig",
+    "HttpCheck",
+    "HttpsCheck",
+    "IpvsConfig",
+    "MetricsConfig",
+    "OspfConfig",
+    "OspfMetric",
+    "RealServer",
+    "ServiceBgp",
+    "ServiceConfig",
+    "TcpCheck",
+    "TlsCheck",
+    "dump",
+    "load_config",
+    "loads",
+    "summarize",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/anycastd/anycastd.toml")
+DROPIN_DIR = "conf.d"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+GRACEFUL_SHUTDOWN = "65535:0"
+WELL_KNOWN_COMMUNITIES: dict[str, str] = {
+    "graceful-shutdown": "65535:0",
+    "accept-own": "65535:1",
+    "blackhole": "65535:666",
+    "no-export": "65535:65281",
+    "no-advertise": "65535:65282",
+    "no-export-subconfed": "65535:65283",
+    "local-as": "65535:65283",
+    "no-peer": "65535:65284",
+}
+_TIMING_KEYS = ("interval", "fast_interval", "timeout", "rise", "fall", "jitter")
+
+
+# --------------------------------------------------------------------------- issues
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigIssue:
+    """One problem: the file, the key path (``services.dns.checks[1].timeout``), and what
+    is expected. ``key`` is "" for whole-file problems; line/column are set for syntax errors.
+    """
+
+    file: str
+    key: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(i) for i in self.issues)
+
+
+class ConfigNotFound(ConfigError):
+    """The main configuration file does not exist (the CLI exits EX_NOINPUT)."""
+
+
+# --------------------------------------------------------------------------- scalar types
+
+
+def _err(kind: str, message: str) -> PydanticCustomError:
+    # The message is used verbatim as a template: escape braces in user text.
+    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
+
+
+class _Seconds(float):
+    """A duration the loader already resolved (inherited or derived), not user text."""
+
+
+def _v_duration(value: object) -> float:
+    if isinstance(value, _Seconds):
+        return float(value)
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise _err("duration", str(exc)) from None
+
+
+def _v_positive(value: float) -> float:
+    if value <= 0:
+        raise _err("duration_positive", "must be longer than 0s")
+    return value
+
+
+def _v_whole_seconds(value: float) -> float:
+    if value != int(value):
+        raise _err("duration_whole", f"must be a whole number of seconds, got {value:g}s")
+    return value
+
+
+_duration_ser = PlainSerializer(float, return_type=float)
+Duration = Annotated[float, PlainValidator(_v_duration), _duration_ser]
+PositiveDuration = Annotated[
+    float, PlainValidator(_v_duration), AfterValidator(_v_positive), _duration_ser
+]
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+Asn = Annotated[int, Strict(), Field(ge=1, le=4294967295)]
+U32 = Annotated[int, Strict(), Field(ge=0, le=4294967295)]
+
+
+def _v_name(value: str) -> str:
+    if not NAME_RE.fullmatch(value):
+        raise _err(
+            "name",
+            f'"{value}" is not a valid name: use 1-63 of a-z 0-9 _ . - '
+            "starting with a letter or digit",
+        )
+    return value
+
+
+Name = Annotated[str, Strict(), AfterValidator(_v_name)]
+
+
+def _need_str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise _err("type", f"expected {what} as a string, got {_describe(value)}")
+    return value
+
+
+def _v_ip(value: object) -> IPv4Address | IPv6Address:
+    if isinstance(value, IPv4Address | IPv6Address):
+        return value
+    text = _need_str(value, "an IP address")
+    try:
+        return ip_address(text)
+    except ValueError:
+        raise _err(
+            "ip_address", f'"{text}" is not an IPv4 or IPv6 address (like 192.0.2.1 or 2001:db8::1)'
+        ) from None
+
+
+def _v_ipv4(value: object) -> IPv4Address:
+    address = _v_ip(value)
+    if not isinstance(address, IPv4Address):
+        raise _err("ipv4_address", f'"{address}" is not an IPv4 address (like 192.0.2.1)')
+    return address
+
+
+def _v_prefix(value: object) -> IPv4Network | IPv6Network:
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    text = _need_str(value, "an IP prefix")
+    if "/" not in text:
+        try:
+            addr = ip_address(text)
+        except ValueError:
+            pass
+        else:
+            raise _err(
+                "prefix", f'"{text}" has no prefix length; write "{text}/{addr.max_prefixlen}"'
+            )
+    try:
+        return ip_network(text, strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ip_network(text, strict=False)
+    except ValueError:
+        raise _err(
+            "prefix", f'"{text}" is not an IP prefix (like 192.0.2.0/24 or 2001:db8::/48)'
+        ) from None
+    raise _err("prefix_host_bits", f"{text} has host bits set; did you mean {loose}?")
+
+
+_str_ser = PlainSerializer(str, return_type=str, when_used="json")
+IPAddress = Annotated[IPv4Address | IPv6Address, PlainValidator(_v_ip), _str_ser]
+IPv4Addr = Annotated[IPv4Address, PlainValidator(_v_ipv4), _str_ser]
+Prefix = Annotated[IPv4Network | IPv6Network, PlainValidator(_v_prefix), _str_ser]
+
+
+def _v_abspath(value: object) -> Path:
+    if isinstance(value, Path):
+        return value
+    text = _need_str(value, "a path")
+    if not text.startswith("/"):
+        raise _err("path", f'"{text}" is not an absolute path; write it starting with "/"')
+    return Path(text)
+
+
+AbsPath = Annotated[Path, PlainValidator(_v_abspath), _str_ser]
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def _v_host(value: object) -> str:
+    text = _need_str(value, "a host")
+    try:
+        return str(ip_address(text))
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(text):
+        raise _err("host", f'"{text}" is not an IP address or a host name')
+    return text
+
+
+Host = Annotated[str, PlainValidator(_v_host)]
+
+
+def _v_str_map(value: object) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, tuple):
+        return value  # already validated (a model re-validated from python)
+    if not isinstance(value, dict):
+        raise _err("table", f"expected a table of strings, got {_describe(value)}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise _err("table", f'the value of "{key}" must be a string, got {_describe(item)}')
+    return tuple(value.items())
+
+
+# Hashable on purpose (frozen models are hashed); read it with dict(check.headers).
+StrMap = Annotated[
+    tuple[tuple[str, str], ...],
+    PlainValidator(_v_str_map),
+    PlainSerializer(dict, return_type=dict),
+]
+
+
+def _v_community(value: object) -> str:
+    text = _need_str(value, "a community").strip()
+    if text.lower() in WELL_KNOWN_COMMUNITIES:
+        return WELL_KNOWN_COMMUNITIES[text.lower()]
+    match = re.fullmatch(r"(\d+):(\d+)", text)
+    if not match or any(int(p) > 65535 for p in match.groups()):
+        names = ", ".join(WELL_KNOWN_COMMUNITIES)
+        raise _err(
+            "community",
+            f'"{text}" is not a community: write "A:B" (each 0..65535) or one of {names}',
+        )
+    return f"{int(match[1])}:{int(match[2])}"
+
+
+def _v_large_community(value: object) -> str:
+    text = _need_str(value, "a large community").strip()
+    match = re.fullmatch(r"(\d+):(\d+):(\d+)", text)
+    if not match or any(int(p) > 4294967295 for p in match.groups()):
+        raise _err(
+            "large_community",
+            f'"{text}" is not a large community: write "A:B:C" (each 0..4294967295)',
+        )
+    return ":".join(str(int(p)) for p in match.groups())
+
+
+def _dedupe(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+Community = Annotated[str, PlainValidator(_v_community)]
+LargeCommunity = Annotated[str, PlainValidator(_v_large_community)]
+
+
+def _v_policy(value: object) -> str:
+    text = _need_str(value, "a policy")
+    match = re.fullmatch(r"\s*(all|any|at-least\s+(\d+))\s*", text)
+    if not match or (match[2] is not None and int(match[2]) < 1):
+        raise _err("policy", f'expected "all", "any" or "at-least N" (N >= 1), got "{text}"')
+    return f"at-least {int(match[2])}" if match[2] else match[1]
+
+
+Policy = Annotated[str, PlainValidator(_v_policy)]
+
+
+def _v_listen(value: object) -> str:
+    text = _need_str(value, "host:port")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if match and 1 <= int(match[2] or match[4]) <= 65535:
+        try:
+            valid = (
+                isinstance(ip_address(match[1]), IPv6Address)
+                if match[1]
+                else bool(_v_host(match[3]))
+            )
+        except (ValueError, PydanticCustomError):
+            valid = False
+        if valid:
+            return text
+    raise _err(
+        "listen",
+        f'expected "host:port" or "[v6-address]:port" (like 127.0.0.1:9180), got "{text}"',
+    )
+
+
+def _v_ifname(value: object) -> str:
+    text = _need_str(value, "an interface name")
+    if not re.fullmatch(r"[^\s/:]{1,15}", text):
+        raise _err("ifname", f'"{text}" is not an interface name (1-15 characters, no "/:")')
+    return text
+
+
+def _v_next_hop(value: object) -> str | IPv4Address | IPv6Address:
+    if value == "self":
+        return "self"
+    try:
+        return _v_ip(value)
+    except PydanticCustomError:
+        raise _err(
+            "next_hop", f'expected "self" or an IP address, got {_describe(value)}'
+        ) from None
+
+
+def _v_hold_time(value: float) -> float:
+    if value != int(value) or not (value == 0 or 3 <= value <= 65535):
+        raise _err(
+            "hold_time", f"must be 0s or 3s..65535s in whole seconds, got {format_duration(value)}"
+        )
+    return value
+
+
+def _v_graceful_restart(value: float) -> float:
+    if value != int(value) or value > 4095:
+        raise _err(
+            "graceful_restart",
+            f"must be 0s (off) or up to 4095s in whole seconds, got {format_duration(value)}",
+        )
+    return value
+
+
+def _v_area(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 4294967295:
+        return str(IPv4Address(value))
+    text = _need_str(value, "an OSPF area")
+    try:
+        return str(IPv4Address(text))
+    except ValueError:
+        raise _err("area", f'expected a dotted area like "0.0.0.0", got "{text}"') from None
+
+
+def _v_regex(value: object) -> str:
+    text = _need_str(value, "a regular expression")
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise _err("regex", f"invalid regular expression: {exc}") from None
+    return text
+
+
+def _url_validator(scheme: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        text = _need_str(value, "a URL")
+        parts = urllib.parse.urlsplit(text)
+        if parts.scheme != scheme or not parts.netloc:
+            raise _err(
+                "url",
+                f'expected a URL starting with "{scheme}://" '
+                f'(like {scheme}://192.0.2.1/health), got "{text}"',
+            )
+        return text
+
+    return check
+
+
+def _v_qtype(value: object) -> str:
+    text = _need_str(value, "a DNS record type").upper()
+    try:
+        dns.rdatatype.from_text(text)
+    except (dns.exception.DNSException, ValueError):
+        raise _err("qtype", f'"{value}" is not a DNS record type (like A, AAAA, SOA)') from None
+    return text
+
+
+def _v_rcode(value: object) -> str:
+    text = _need_str(value, "a DNS rcode").upper()
+    try:
+        dns.rcode.from_text(text)
+    except (dns.exception.DNSException, ValueError):
+        raise _err("rcode", f'"{value}" is not a DNS rcode (like NOERROR, NXDOMAIN)') from None
+    return text
+
+
+def _v_qname(value: object) -> str:
+    text = _need_str(value, "a DNS name")
+    if not text or not _HOSTNAME.fullmatch(text):
+        raise _err("qname", f'"{text}" is not a DNS name')
+    return text
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class _CheckBase(_Model):
+    """Fields every check has. Timing values are the effective ones (inherited from the
+    service where the check does not set them)."""
+
+    name: Name
+    interval: PositiveDuration = 2.0
+    fast_interval: PositiveDuration = 2.0
+    timeout: PositiveDuration = 1.0
+    rise: Annotated[int, Strict(), Field(ge=1)] = 3
+    fall: Annotated[int, Strict(), Field(ge=1)] = 2
+    jitter: Duration = 0.2
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" not in data and isinstance(data.get("type"), str):
+            return {**data, "name": data["type"]}
+        return data
+
+    def probe_options(self) -> dict[str, Any]:
+        """The type options (no name/type/timing), as keyword arguments for the matching
+        healthchecks probe: addresses and paths as str, sequences as tuples, None kept."""
+        common = {"type", *_CheckBase.model_fields}
+        return {
+            key: _plain(getattr(self, key)) for key in type(self).model_fields if key not in common
+        }
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, IPv4Address | IPv6Address | Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+class TcpCheck(_CheckBase):
+    type: Literal["tcp"]
+    host: Host
+    port: Port
+
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
+
+
+class HttpCheck(_CheckBase):
+    type: Literal["http"]
+    url: Annotated[str, PlainValidator(_url_validator("http"))]
+    method: HttpMethod = "GET"
+    expect_status: Annotated[
+        tuple[Annotated[int, Strict(), Field(ge=100, le=599)], ...], Field(min_length=1)
+    ] = (200,)
+    body_regex: Annotated[str, PlainValidator(_v_regex)] | None = None
+    host_header: Host | None = None
+    headers: StrMap = ()
+
+
+class HttpsCheck(HttpCheck):
+    type: Literal["https"]  # type: ignore[assignment]  # the discriminator narrows per class
+    url: Annotated[str, PlainValidator(_url_validator("https"))]
+    sni: Host | None = None
+    verify: Bool = True
+    ca_file: AbsPath | None = None
+    client_cert: AbsPath | None = None
+    client_key: AbsPath | None = None
+
+
+class DnsCheck(_CheckBase):
+    type: Literal["dns"]
+    server: IPAddress
+    port: Port = 53
+    qname: Annotated[str, PlainValidator(_v_qname)]
+    qtype: Annotated[str, PlainValidator(_v_qtype)] = "A"
+    rcode: Annotated[str, PlainValidator(_v_rcode)] = "NOERROR"
+    expect: tuple[Str, ...] = ()
+    transport: Literal["udp", "tcp"] = "udp"
+
+
+class TlsCheck(_CheckBase):
+    type: Literal["tls"]
+    host: Host
+    port: Port = 443
+    server_name: Host | None = None
+    min_remaining: Duration = 7 * 86400.0
+    verify: Bool = True
+    ca_file: AbsPath | None = None
+
+
+class ExecCheck(_CheckBase):
+    type: Literal["exec"]
+    argv: Annotated[tuple[Annotated[str, Strict(), Field(min_length=1)], ...], Field(min_length=1)]
+    env: StrMap = ()
+    cwd: AbsPath | None = None
+    output_limit: Annotated[int, Strict(), Field(ge=0)] = 4096
+
+
+class FileCheck(_CheckBase):
+    type: Literal["file"]
+    path: AbsPath
+    expect: Literal["present", "absent"] = "present"
+
+
+Check = Annotated[
+    TcpCheck | HttpCheck | HttpsCheck | DnsCheck | TlsCheck | ExecCheck | FileCheck,
+    Field(discriminator="type"),
+]
+_CHECK_MODELS: dict[str, type[_CheckBase]] = {
+    "tcp": TcpCheck,
+    "http": HttpCheck,
+    "https": HttpsCheck,
+    "dns": DnsCheck,
+    "tls": TlsCheck,
+    "exec": ExecCheck,
+    "file": FileCheck,
+}
+CHECK_TYPES: tuple[str, ...] = tuple(_CHECK_MODELS)
+
+
+class Damping(_Model):
+    """Route-flap style damping: ``penalty`` per up->down, halved every ``half_life``."""
+
+    penalty: Annotated[int, Strict(), Field(ge=1)] = 1000
+    half_life: PositiveDuration = 60.0
+    suppress: Annotated[int, Strict(), Field(ge=1)] = 2000
+    reuse: Annotated[int, Strict(), Field(ge=1)] = 750
+    max_suppress: PositiveDuration = 600.0
+
+
+class BgpStateAttrs(_Model):
+    """Announcement attributes for one service state. ``neighbors`` None = all neighbors."""
+
+    announce: Bool = True
+    med: U32 | None = None
+    local_preference: U32 | None = None
+    communities: Annotated[tuple[Community, ...], AfterValidator(_dedupe)] = ()
+    large_communities: Annotated[tuple[LargeCommunity, ...], AfterValidator(_dedupe)] = ()
+    as_path_prepend: Annotated[int, Strict(), Field(ge=0, le=10)] = 0
+    neighbors: Annotated[tuple[Str, ...], Field(min_length=1)] | None = None
+
+
+class ServiceBgp(_Model):
+    """Per-state BGP attributes. Defaults: maintenance is withdrawn (announce = false);
+    draining always carries graceful-shutdown (65535:0) in addition to its communities."""
+
+    up: BgpStateAttrs = BgpStateAttrs()
+    draining: BgpStateAttrs = BgpStateAttrs(communities=(GRACEFUL_SHUTDOWN,))
+    maintenance: BgpStateAttrs = BgpStateAttrs(announce=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        maintenance = data.get("maintenance", {})
+        if isinstance(maintenance, dict):
+            data["maintenance"] = {"announce": False, **maintenance}
+        draining = data.get("draining", {})
+        if isinstance(draining, dict) and isinstance(draining.get("communities", []), list):
+            communities = [*draining.get("communities", []), "graceful-shutdown"]
+            data["draining"] = {**draining, "communities": communities}
+        return data
+
+    def for_state(self, state: str) -> BgpStateAttrs | None:
+        """Attributes for a user-visible state; None for states that are never announced."""
+        return {"up": self.up, "draining": self.draining, "maintenance": self.maintenance}.get(
+            state
+        )
+
+
+class OspfMetric(_Model):
+    up: Annotated[int, Strict(), Field(ge=1, le=65535)] = 10
+    draining: Annotated[int, Strict(), Field(ge=1, le=65535)] = 100
+    maintenance: Annotated[int, Strict(), Field(ge=1, le=65535)] = 65535
+
+
+class OspfConfig(_Model):
+    area: Annotated[str, PlainValidator(_v_area)] = "0.0.0.0"  # noqa: S104 -- an OSPF area id
+    metric: OspfMetric = OspfMetric()
+
+
+class RealServer(_Model):
+    address: IPAddress
+    port: Port | None = None  # resolved to the virtual port when absent (None for fwmark)
+    weight: Annotated[int, Strict(), Field(ge=0, le=65535)] = 1
+    forwarding: Literal["nat", "dr", "tunnel"] = "nat"
+    checks: tuple[Check, ...] = ()
+
+
+Scheduler = Literal["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh"]
+
+
+class IpvsConfig(_Model):
+    protocol: Literal["tcp", "udp", "fwmark"] = "tcp"
+    port: Port | None = None
+    fwmark: Annotated[int, Strict(), Field(ge=1, le=4294967295)] | None = None
+    scheduler: Scheduler = "wlc"
+    persistence: Annotated[
+        float, PlainValidator(_v_duration), AfterValidator(_v_whole_seconds), _duration_ser
+    ] = 0.0
+    min_healthy: Annotated[int, Strict(), Field(ge=0)] = 1
+    on_backend_fail: Literal["weight0", "remove"] = "weight0"
+    real_servers: Annotated[tuple[RealServer, ...], Field(min_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _real_server_port(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("port"), int):
+            return data
+        servers = data.get("real_servers")
+        if not isinstance(servers, list):
+            return data
+        resolved = [{"port": data["port"], **rs} if isinstance(rs, dict) else rs for rs in servers]
+        return {**data, "real_servers": resolved}
+
+
+class ServiceConfig(_Model):
+    """One service. ``checks`` (and real-server checks) carry effective timing values."""
+
+    name: Name
+    prefixes: Annotated[tuple[Prefix, ...], Field(min_length=1)]
+    shared_prefixes: Bool = False
+    policy: Policy = "all"
+    interval: PositiveDuration = 2.0
+    fast_interval: PositiveDuration = 2.0
+    timeout: PositiveDuration = 1.0
+    rise: Annotated[int, Strict(), Field(ge=1)] = 3
+    fall: Annotated[int, Strict(), Field(ge=1)] = 2
+    jitter: Duration = 0.2
+    start_state: Literal["down", "up"] = "down"
+    disabled: Bool = False
+    maintenance_file: AbsPath | None = None
+    drain_file: AbsPath | None = None
+    drain_time: Duration = 10.0
+    shutdown: Literal["withdraw", "drain-then-withdraw", "keep"] = "drain-then-withdraw"
+    damping: Damping | None = None
+    checks: tuple[Check, ...] = ()
+    bgp: ServiceBgp = ServiceBgp()
+    ospf: OspfConfig | None = None
+    ipvs: IpvsConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_timing(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        service = _resolve_timing(data, {})
+        explicit = {k: service[k] for k in _TIMING_KEYS if k in data and k in service}
+        data.update({k: v for k, v in service.items() if k not in data})
+        data["checks"] = _resolve_checks(data.get("checks"), explicit)
+        ipvs = data.get("ipvs")
+        if isinstance(ipvs, dict) and isinstance(ipvs.get("real_servers"), list):
+            servers = [
+                {**rs, "checks": _resolve_checks(rs["checks"], explicit)}
+                if isinstance(rs, dict) and "checks" in rs
+                else rs
+                for rs in ipvs["real_servers"]
+            ]
+            data["ipvs"] = {**ipvs, "real_servers": servers}
+        if data["checks"] is None:
+            del data["checks"]
+        return data
+
+    @property
+    def min_passing(self) -> int:
+        """How many checks must pass for the service to be healthy under its policy."""
+        if self.policy == "all":
+            return len(self.checks)
+        if self.policy == "any":
+            return min(1, len(self.checks))
+        return int(self.policy.split()[1])
+
+
+def _parsed(value: object) -> float | None:
+    try:
+        return _v_duration(value)
+    except PydanticCustomError:
+        return None
+
+
+def _resolve_timing(own: Mapping[str, Any], inherited: Mapping[str, Any]) -> dict[str, Any]:
+    """Effective timing for a check (or the service when *inherited* is empty).
+
+    Own value > the service's explicit value > a default derived from the interval:
+    timeout = min(1s, interval/2), fast_interval = interval, jitter = interval/10.
+    Values that do not parse are left out (their own error is reported once, where written).
+    """
+    out: dict[str, Any] = {}
+    interval = _parsed(own["interval"]) if "interval" in own else inherited.get("interval", 2.0)
+    if interval is not None:
+        out["interval"] = _Seconds(interval)
+    derived: dict[str, float | None] = {
+        "timeout": None if interval is None else min(1.0, interval / 2),
+        "fast_interval": interval,
+        "jitter": None if interval is None else interval / 10,
+    }
+    for key, default in derived.items():
+        if key in own:
+            value = _parsed(own[key])
+        elif key in inherited:
+            value = inherited[key]
+        else:
+            value = default
+        if value is not None:
+            out[key] = _Seconds(value)
+    for key in ("rise", "fall"):
+        value = own.get(key, inherited.get(key))
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            out[key] = value
+    return out
+
+
+def _resolve_checks(checks: object, service: Mapping[str, Any]) -> object:
+    if not isinstance(checks, list):
+        return checks
+    resolved: list[object] = []
+    for index, raw in enumerate(checks):
+        if not isinstance(raw, dict):
+            resolved.append(raw)
+            continue
+        check = dict(raw)
+        if "name" not in check and isinstance(check.get("type"), str):
+            check["name"] = f"{check['type']}-{index}"
+        timing = _resolve_timing(check, service)
+        check.update({k: v for k, v in timing.items() if k not in check})
+        resolved.append(check)
+    return resolved
+
+
+Family = Literal["ipv4 unicast", "ipv6 unicast"]
+
+
+class BgpNeighbor(_Model):
+    name: Annotated[str, Strict(), Field(min_length=1)]  # defaults to the address
+    address: IPAddress
+    peer_as: Asn
+    local_address: IPAddress | None = None
+    hold_time: Annotated[
+        float, PlainValidator(_v_duration), AfterValidator(_v_hold_time), _duration_ser
+    ] = 9.0
+    md5_password: SecretStr | None = None
+    families: Annotated[tuple[Family, ...], Field(min_length=1)]  # default: address family
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        try:
+            address = ip_address(data.get("address"))
+        except ValueError:
+            return data
+        data.setdefault("name", str(address))
+        data.setdefault("families", [f"ipv{address.version} unicast"])
+        return data
+
+
+class BgpConfig(_Model):
+    mode: Literal["managed", "external"] = "managed"
+    router_id: IPv4Addr | None = None
+    local_as: Asn | None = None
+    next_hop: Annotated[
+        Literal["self"] | IPv4Address | IPv6Address, PlainValidator(_v_next_hop), _str_ser
+    ] = "self"
+    exabgp: Annotated[str, Strict(), Field(min_length=1)] = "exabgp"
+    graceful_restart: Annotated[
+        float, PlainValidator(_v_duration), AfterValidator(_v_graceful_restart), _duration_ser
+    ] = 0.0
+    neighbors: tuple[BgpNeighbor, ...] = ()
+
+    def neighbor(self, ref: str) -> BgpNeighbor | None:
+        """The neighbor named *ref* or with address *ref*."""
+        for n in self.neighbors:
+            if ref in (n.name, str(n.address)):
+                return n
+        try:
+            address = ip_address(ref)
+        except ValueError:
+            return None
+        return next((n for n in self.neighbors if n.address == address), None)
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+class GlobalConfig(_Model):
+    node: Annotated[str, Strict(), Field(min_length=1)] = Field(default_factory=_hostname)
+    state_dir: AbsPath = Path("/var/lib/anycastd")
+    runtime_dir: AbsPath = Path("/run/anycastd")
+    log_format: Literal["json", "logfmt"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    interface: Annotated[str, PlainValidator(_v_ifname)] = "lo"
+    reconcile_interval: PositiveDuration = 30.0
+    maintenance_file: AbsPath | None = None
+    max_concurrent_checks: Annotated[int, Strict(), Field(ge=1)] = 256
+
+
+class ApiConfig(_Model):
+    enabled: Bool = True
+    listen: Annotated[str, PlainValidator(_v_listen)] = "127.0.0.1:9180"
+
+    @property
+    def host(self) -> str:
+        host, _, _ = self.listen.rpartition(":")
+        return host.strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class MetricsConfig(_Model):
+    enabled: Bool = True
+
+
+class Config(_Model):
+    """The whole validated configuration. ``services`` is keyed by service name;
+    ``sources`` lists the files loaded (main first); ``service_sources`` the file that
+    defined each service."""
+
+    global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
+    api: ApiConfig = ApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    bgp: BgpConfig | None = None
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    sources: tuple[Path, ...] = ()
+    service_sources: dict[str, Path] = Field(default_factory=dict)
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", hide_input_in_errors=True, populate_by_name=True
+    )
+
+    def __hash__(self) -> int:
+        return hash(
+            (
+                self.global_,
+                self.api,
+                self.metrics,
+                self.bgp,
+                tuple(sorted(self.services.items())),
+                self.sources,
+                tuple(sorted(self.service_sources.items())),
+            )
+        )
+
+
+_SECTIONS: dict[str, type[_Model]] = {
+    "global": GlobalConfig,
+    "api": ApiConfig,
+    "metrics": MetricsConfig,
+    "bgp": BgpConfig,
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: Path) -> Config:
+    """Load *path* and the ``conf.d/*.toml`` drop-ins beside it.
+
+    Raises ConfigNotFound if *path* does not exist, ConfigError listing every issue otherwise.
+    """
+    path = Path(path)
+    try:
+        main_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigNotFound([ConfigIssue(str(path), "", "configuration file not found")]) from None
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), "", f"cannot read: {exc.strerror}")]) from None
+    documents: list[tuple[str, dict[str, Any]]] = []
+    issues: list[ConfigIssue] = []
+    main_doc = _parse(str(path), main_bytes, issues)
+    documents.append((str(path), main_doc or {}))
+    dropin_dir = path.parent / DROPIN_DIR
+    if dropin_dir.is_dir():
+        for file in sorted(dropin_dir.glob("*.toml"), key=lambda p: p.name):
+            if file.name.startswith(".") or not file.is_file():
+                continue
+            try:
+                data = file.read_bytes()
+            except OSError as exc:
+                issues.append(ConfigIssue(str(file), "", f"cannot read: {exc.strerror}"))
+                continue
+            documents.append((str(file), _parse(str(file), data, issues) or {}))
+    if issues:
+        raise ConfigError(issues)
+    return _build(documents)
+
+
+def loads(text: str, *, source: str = "<string>") -> Config:
+    """Validate one TOML document (no drop-ins). Handy for tests and tools."""
+    issues: list[ConfigIssue] = []
+    doc = _parse(source, text.encode(), issues)
+    if issues:
+        raise ConfigError(issues)
+    return _build([(source, doc or {})])
+
+
+def _parse(file: str, data: bytes, issues: list[ConfigIssue]) -> dict[str, Any] | None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        issues.append(ConfigIssue(file, "", f"not UTF-8 text (byte {exc.start})"))
+        return None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        line: int | None = getattr(exc, "lineno", None)
+        column: int | None = getattr(exc, "colno", None)
+        match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        if match:
+            line, column = int(match[1]), int(match[2])
+            message = message[: match.start()]
+        elif message.endswith("(at end of document)"):
+            lines = text.splitlines() or [""]
+            line, column = len(lines), len(lines[-1]) + 1
+            message = message.removesuffix("(at end of document)").strip()
+        message = getattr(exc, "msg", message)
+        issues.append(
+            ConfigIssue(file, "", f"TOML syntax error: {message}", line=line, column=column)
+        )
+        return None
+
+
+def _build(documents: list[tuple[str, dict[str, Any]]]) -> Config:
+    issues: list[ConfigIssue] = []
+    main_file, main_doc = documents[0]
+
+    for key in main_doc:
+        if key not in (*_SECTIONS, "services"):
+            issues.append(
+                ConfigIssue(main_file, _fmt([key]), _unknown_key(key, [*_SECTIONS, "services"]))
+            )
+    raw_services: dict[str, dict[str, Any]] = {}
+    owners: dict[str, str] = {}
+    for file, doc in documents:
+        if file != main_file:
+            for key in doc:
+                if key != "services":
+                    issues.append(
+                        ConfigIssue(
+                            file,
+                            _fmt([key]),
+                            f"drop-in files may only define [services.NAME] tables; "
+                            f"put [{key}] in {main_file}",
+                        )
+                    )
+        doc_services = doc.get("services", {})
+        if not isinstance(doc_services, dict):
+            issues.append(
+                ConfigIssue(
+                    file,
+                    "services",
+                    f"expected [services.NAME] tables, got {_describe(doc_services)}",
+                )
+            )
+            continue
+        for name, raw in doc_services.items():
+            key = _fmt(["services", name])
+            if name in owners:
+                issues.append(
+                    ConfigIssue(file, key, f'service "{name}" is already defined in {owners[name]}')
+                )
+                continue
+            owners[name] = file
+            if not NAME_RE.fullmatch(name):
+                issues.append(
+                    ConfigIssue(
+                        file,
+                        key,
+                        f'"{name}" is not a valid service name: use 1-63 of '
+                        "a-z 0-9 _ . - starting with a letter or digit",
+                    )
+                )
+                continue
+            if isinstance(raw, dict) and "name" in raw:
+                issues.append(
+                    ConfigIssue(
+                        file,
+                        _fmt(["services", name, "name"]),
+                        "unknown key: the service name is the table name, remove this key",
+                    )
+                )
+                continue
+            raw_services[name] = raw
+
+    sections: dict[str, Any] = {}
+    for section, model in _SECTIONS.items():
+        if section not in main_doc:
+            continue
+        try:
+            sections[section] = model.model_validate(main_doc[section])
+        except ValidationError as exc:
+            issues.extend(_map_errors(exc, model, [section], main_file))
+
+    services: dict[str, ServiceConfig] = {}
+    for name, raw in raw_services.items():
+        data = {**raw, "name": name} if isinstance(raw, dict) else raw
+        try:
+            services[name] = ServiceConfig.model_validate(data)
+        except ValidationError as exc:
+            issues.extend(_map_errors(exc, ServiceConfig, ["services", name], owners[name]))
+
+    rules = _Rules(main_file, owners)
+    rules.check_sections(main_doc, sections)
+    for name, service in services.items():
+        raw = raw_services[name]
+        rules.check_service(service, raw, sections.get("bgp"))
+    rules.check_shared_prefixes(services)
+    issues.extend(rules.issues)
+
+    if issues:
+        order = {file: i for i, (file, _) in enumerate(documents)}
+        issues.sort(key=lambda i: order.get(i.file, len(order)))
+        raise ConfigError(issues)
+    return Config.model_validate(
+        {
+            **sections,
+            "services": services,
+            "sources": tuple(Path(f) for f, _ in documents),
+            "service_sources": {name: Path(owners[name]) for name in services},
+        }
+    )
+
+
+# --------------------------------------------------------------------------- rules
+
+
+class _Rules:
+    """Cross-field and cross-section rules over already validated pieces."""
+
+    def __init__(self, main_file: str, owners: Mapping[str, str]) -> None:
+        self.main_file = main_file
+        self.owners = owners
+        self.issues: list[ConfigIssue] = []
+
+    def add(self, file: str, key: list[str | int], message: str) -> None:
+        self.issues.append(ConfigIssue(file, _fmt(key), message))
+
+    def check_sections(self, doc: Mapping[str, Any], sections: Mapping[str, Any]) -> None:
+        api, metrics = sections.get("api"), sections.get("metrics")
+        if (
+            isinstance(api, ApiConfig)
+            and not api.enabled
+            and isinstance(metrics, MetricsConfig)
+            and "enabled" in doc.get("metrics", {})
+            and metrics.enabled
+        ):
+            self.add(
+                self.main_file,
+                ["metrics", "enabled"],
+                "metrics are served on the api listener, but api.enabled = false",
+            )
+        bgp = sections.get("bgp")
+        if isinstance(bgp, BgpConfig):
+            self._check_bgp(bgp)
+
+    def _check_bgp(self, bgp: BgpConfig) -> None:
+        f = self.main_file
+        if bgp.mode == "managed":
+            for field in ("router_id", "local_as"):
+                if getattr(bgp, field) is None:
+                    self.add(f, ["bgp", field], 'required when bgp.mode = "managed"')
+            if not bgp.neighbors:
+                self.add(
+                    f,
+                    ["bgp", "neighbors"],
+                    'at least one [[bgp.neighbors]] is required when bgp.mode = "managed"',
+                )
+        names: dict[str, int] = {}
+        addresses: dict[IPv4Address | IPv6Address, int] = {}
+        for i, n in enumerate(bgp.neighbors):
+            key: list[str | int] = ["bgp", "neighbors", i]
+            if n.name in names:
+                self.add(
+                    f, [*key, "name"], f'"{n.name}" is also the name of neighbors[{names[n.name]}]'
+                )
+            names.setdefault(n.name, i)
+            if n.address in addresses:
+                self.add(
+                    f,
+                    [*key, "address"],
+                    f"{n.address} is also the address of neighbors[{addresses[n.address]}]",
+                )
+            addresses.setdefault(n.address, i)
+            if n.local_address is not None and n.local_address.version != n.address.version:
+                self.add(
+                    f,
+                    [*key, "local_address"],
+                    f"{n.local_address} is IPv{n.local_address.version} but the neighbor "
+                    f"address {n.address} is IPv{n.address.version}; they must be the same family",
+                )
+            if bgp.next_hop == "self" and n.local_address is None:
+                self.add(
+                    f,
+                    [*key, "local_address"],
+                    'required because bgp.next_hop = "self" (the next hop is the local address)',
+                )
+
+    def check_service(
+        self, service: ServiceConfig, raw: Mapping[str, Any], bgp: BgpConfig | None
+    ) -> None:
+        file = self.owners[service.name]
+        base: list[str | int] = ["services", service.name]
+        self._check_timing(file, base, service, raw, None)
+        for i, check in enumerate(service.checks):
+            self._check_timing(file, [*base, "checks", i], check, _raw_at(raw, "checks", i), raw)
+            self._check_options(file, [*base, "checks", i], check)
+        self._check_check_names(file, [*base, "checks"], service.checks)
+
+        if not service.checks and not service.disabled:
+            self.add(
+                file,
+                [*base, "checks"],
+                "a service needs at least one [[services.NAME.checks]] unless disabled = true",
+            )
+        if service.policy.startswith("at-least") and service.min_passing > len(service.checks):
+            self.add(
+                file,
+                [*base, "policy"],
+                f'"{service.policy}" needs at least {service.min_passing} checks, '
+                f"the service has {len(service.checks)}",
+            )
+        seen: dict[IPv4Network | IPv6Network, int] = {}
+        for i, prefix in enumerate(service.prefixes):
+            if prefix in seen:
+                self.add(file, [*base, "prefixes", i], f"{prefix} is listed twice")
+            seen.setdefault(prefix, i)
+        if service.damping is not None and service.damping.reuse >= service.damping.suppress:
+            self.add(
+                file,
+                [*base, "damping", "reuse"],
+                f"must be less than suppress ({service.damping.suppress}), "
+                f"got {service.damping.reuse}",
+            )
+        if service.ipvs is not None:
+            self._check_ipvs(file, [*base, "ipvs"], service, _raw_at(raw, "ipvs"), raw)
+        self._check_service_bgp(file, base, service, bgp)
+
+    def _check_timing(
+        self,
+        file: str,
+        key: list[str | int],
+        item: _CheckBase | ServiceConfig,
+        raw: Mapping[str, Any],
+        service_raw: Mapping[str, Any] | None,
+    ) -> None:
+        """timeout < interval, fast_interval <= interval, jitter < interval.
+
+        For a check, a violation is reported only where the check sets one of the two
+        values itself; otherwise it is the service's values and reported there once.
+        """
+        interval = item.interval
+        for field, bad, relation in (
+            ("timeout", item.timeout >= interval, "less than"),
+            ("fast_interval", item.fast_interval > interval, "at most"),
+            ("jitter", item.jitter >= interval, "less than"),
+        ):
+            if not bad:
+                continue
+            if service_raw is not None and field not in raw and "interval" not in raw:
+                continue
+            where = field if field in raw or "interval" not in raw else "interval"
+            value = format_duration(getattr(item, field))
+            origin = "" if field in raw or service_raw is None else " (inherited from the service)"
+            self.add(
+                file,
+                [*key, where],
+                f"{field} {value}{origin} must be {relation} interval {format_duration(interval)}",
+            )
+
+    def _check_check_names(self, file: str, key: list[str | int], checks: Iterable[Any]) -> None:
+        seen: dict[str, int] = {}
+        for i, check in enumerate(checks):
+            if check.name in seen:
+                self.add(
+                    file,
+                    [*key, i, "name"],
+                    f'"{check.name}" is also the name of checks[{seen[check.name]}]; '
+                    "check names must be unique within a service",
+                )
+            seen.setdefault(check.name, i)
+
+    def _check_options(self, file: str, key: list[str | int], check: _CheckBase) -> None:
+        if isinstance(check, HttpsCheck) and check.client_key and not check.client_cert:
+            self.add(file, [*key, "client_key"], "client_key needs client_cert")
+
+    def _check_ipvs(
+        self,
+        file: str,
+        key: list[str | int],
+        service: ServiceConfig,
+        raw: Mapping[str, Any],
+        service_raw: Mapping[str, Any],
+    ) -> None:
+        ipvs = service.ipvs
+        assert ipvs is not None  # noqa: S101 -- narrowed by the caller
+        if ipvs.protocol == "fwmark":
+            if ipvs.fwmark is None:
+                self.add(file, [*key, "fwmark"], 'required (> 0) when protocol = "fwmark"')
+            if ipvs.port is not None:
+                self.add(
+                    file,
+                    [*key, "port"],
+                    'not allowed when protocol = "fwmark" (the mark selects the traffic); '
+                    "set ports on the real servers if they differ",
+                )
+        else:
+            if ipvs.port is None:
+                self.add(file, [*key, "port"], f'required when protocol = "{ipvs.protocol}"')
+            if ipvs.fwmark is not None:
+                self.add(
+                    file,
+                    [*key, "fwmark"],
+                    f'only allowed when protocol = "fwmark", not "{ipvs.protocol}"',
+                )
+        if ipvs.min_healthy > len(ipvs.real_servers):
+            self.add(
+                file,
+                [*key, "min_healthy"],
+                f"must be at most the number of real servers ({len(ipvs.real_servers)}), "
+                f"got {ipvs.min_healthy}",
+            )
+        for i, prefix in enumerate(service.prefixes):
+            if prefix.prefixlen != prefix.max_prefixlen:
+                self.add(
+                    file,
+                    ["services", service.name, "prefixes", i],
+                    f"{prefix} is not a single address; an IPVS service needs /32 or /128 prefixes",
+                )
+        families = {p.version for p in service.prefixes}
+        for i, prefix in enumerate(service.prefixes):
+            if not any(
+                rs.address.version == prefix.version or rs.forwarding == "tunnel"
+                for rs in ipvs.real_servers
+            ):
+                self.add(
+                    file,
+                    ["services", service.name, "prefixes", i],
+                    f"no real server can serve {prefix}: it needs an IPv{prefix.version} real "
+                    'server (or one with forwarding = "tunnel")',
+                )
+        seen: dict[tuple[object, object], int] = {}
+        for i, rs in enumerate(ipvs.real_servers):
+            if rs.forwarding != "tunnel" and rs.address.version not in families:
+                self.add(
+                    file,
+                    [*key, "real_servers", i, "address"],
+                    f"{rs.address} is IPv{rs.address.version} but the service has no "
+                    f'IPv{rs.address.version} prefix; forwarding = "{rs.forwarding}" works '
+                    "only within one address family",
+                )
+            rs_key: list[str | int] = [*key, "real_servers", i]
+            ident = (rs.address, rs.port)
+            if ident in seen:
+                self.add(file, rs_key, f"same address and port as real_servers[{seen[ident]}]")
+            seen.setdefault(ident, i)
+            if (
+                rs.forwarding in ("dr", "tunnel")
+                and ipvs.port is not None
+                and rs.port is not None
+                and rs.port != ipvs.port
+            ):
+                self.add(
+                    file,
+                    [*rs_key, "port"],
+                    f'forwarding = "{rs.forwarding}" cannot change the port: must equal the '
+                    f"virtual port {ipvs.port}, got {rs.port}",
+                )
+            rs_raw = _raw_at(raw, "real_servers", i)
+            for j, check in enumerate(rs.checks):
+                self._check_timing(
+                    file, [*rs_key, "checks", j], check, _raw_at(rs_raw, "checks", j), service_raw
+                )
+                self._check_options(file, [*rs_key, "checks", j], check)
+            self._check_check_names(file, [*rs_key, "checks"], rs.checks)
+
+    def _check_service_bgp(
+        self, file: str, base: list[str | int], service: ServiceConfig, bgp: BgpConfig | None
+    ) -> None:
+        for state in ("up", "draining", "maintenance"):
+            attrs = service.bgp.for_state(state)
+            if attrs is None or attrs.neighbors is None:
+                continue
+            for i, ref in enumerate(attrs.neighbors):
+                if bgp is None or bgp.neighbor(ref) is None:
+                    known = ", ".join(n.name for n in bgp.neighbors) if bgp else ""
+                    hint = f" (known: {known})" if known else " (there is no [[bgp.neighbors]])"
+                    self.add(
+                        file,
+                        [*base, "bgp", state, "neighbors", i],
+                        f'no BGP neighbor named or addressed "{ref}"{hint}',
+                    )
+        if bgp is None or not bgp.neighbors:
+            return
+        families = {fam for n in bgp.neighbors for fam in n.families}
+        for i, prefix in enumerate(service.prefixes):
+            family = f"ipv{prefix.version} unicast"
+            if family not in families:
+                self.add(
+                    file,
+                    [*base, "prefixes", i],
+                    f'{prefix} cannot be announced: no BGP neighbor has "{family}" in its families',
+                )
+
+    def check_shared_prefixes(self, services: Mapping[str, ServiceConfig]) -> None:
+        claims: dict[IPv4Network | IPv6Network, list[tuple[str, int]]] = {}
+        for name, service in services.items():
+            for i, prefix in enumerate(dict.fromkeys(service.prefixes)):
+                claims.setdefault(prefix, []).append((name, i))
+        for prefix, claimants in claims.items():
+            if len(claimants) < 2:
+                continue
+            for name, i in claimants:
+                if services[name].shared_prefixes:
+                    continue
+                others = ", ".join(
+                    f'"{other}" ({self.owners[other]})' for other, _ in claimants if other != name
+                )
+                self.add(
+                    self.owners[name],
+                    ["services", name, "prefixes", i],
+                    f"{prefix} is also claimed by service {others}; a prefix may be in several "
+                    "services only if all of them set shared_prefixes = true",
+                )
+
+
+def _raw_at(raw: object, *path: str | int) -> Mapping[str, Any]:
+    for part in path:
+        if isinstance(part, int):
+            raw = raw[part] if isinstance(raw, list) and part < len(raw) else {}
+        else:
+            raw = raw.get(part, {}) if isinstance(raw, dict) else {}
+    return raw if isinstance(raw, dict) else {}
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+def _fmt(parts: Iterable[str | int]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+            out += f".{text}" if out else text
+    return out
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _walk(root: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[list[str | int], Any]:
+    """Turn a pydantic error location into a config key path; also return the model that
+    holds the last key (for "did you mean" suggestions). Union tags are dropped."""
+    parts: list[str | int] = []
+    current: Any = root
+    model: Any = None
+    for item in loc:
+        current = _unwrap(current)
+        if _is_union(current):
+            options = [_unwrap(a) for a in typing.get_args(current) if a is not type(None)]
+            if len(options) == 1:
+                current = options[0]
+            else:
+                tagged = [
+                    o
+                    for o in options
+                    if isinstance(o, type)
+                    and issubclass(o, BaseModel)
+                    and "type" in o.model_fields
+                    and typing.get_args(o.model_fields["type"].annotation) == (item,)
+                ]
+                if tagged:  # a discriminated-union tag: not part of the user's key path
+                    current = tagged[0]
+                    continue
+                current = None
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            model = current
+            parts.append(item)
+            current = _field(current, str(item))
+        elif typing.get_origin(current) in (tuple, list):
+            parts.append(item)
+            current = typing.get_args(current)[0]
+        elif typing.get_origin(current) is dict:
+            parts.append(item)
+            current = typing.get_args(current)[1]
+        else:
+            parts.append(item)
+            current = None
+    return parts, model
+
+
+def _field(model: type[BaseModel], name: str) -> Any:
+    for field_name, info in model.model_fields.items():
+        if name in (field_name, info.alias):
+            return info.annotation
+    return None
+
+
+def _keys(model: Any) -> list[str]:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return sorted(info.alias or name for name, info in model.model_fields.items())
+
+
+def _unknown_key(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    if close:
+        return "unknown key (did you mean " + " or ".join(f'"{c}"' for c in close) + "?)"
+    return "unknown key; valid keys are " + ", ".join(valid)
+
+
+def _map_errors(
+    exc: ValidationError, root: type[BaseModel], prefix: list[str | int], file: str
+) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    errors = exc.errors(include_url=False)
+    item_locs = {tuple(e["loc"][:n]) for e in errors for n in range(len(e["loc"]))}
+    for error in errors:
+        if error["type"] == "too_short" and tuple(error["loc"]) in item_locs:
+            continue  # pydantic counts only the valid items; the bad ones are reported already
+        parts, model = _walk(root, tuple(error["loc"]))
+        message = _message(error, model, parts)
+        issue = ConfigIssue(file, _fmt([*prefix, *parts]), message)
+        if issue not in issues:
+            issues.append(issue)
+    return issues
+
+
+def _message(error: Any, model: Any, parts: list[str | int]) -> str:
+    kind: str = error["type"]
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        valid = [k for k in _keys(model) if k != "name" or model is not ServiceConfig]
+        key = str(parts[-1]) if parts else ""
+        if isinstance(model, type) and issubclass(model, _CheckBase) and key not in valid:
+            owners = [t for t, m in _CHECK_MODELS.items() if key in m.model_fields]
+            if owners:
+                this = typing.get_args(model.model_fields["type"].annotation)[0]
+                return (
+                    f'"{key}" is not an option of {this} checks '
+                    f"(it is an option of: {', '.join(owners)})"
+                )
+        return _unknown_key(key, valid)
+    if kind in ("string_type", "string_sub_type"):
+        return f"expected a string, got {_describe(value)}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected a whole number, got {_describe(value)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {_describe(value)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_describe(value)}"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace("'", '"')
+        return f"expected {expected}, got {_describe(value)}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a table, got {_describe(value)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected an array, got {_describe(value)}"
+    if kind == "too_short":
+        minimum = ctx.get("min_length")
+        noun = "character" if isinstance(value, str) else "item"
+        return f"must have at least {minimum} {noun}{'s' if minimum != 1 else ''}"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} items"
+    bounds = {
+        "greater_than_equal": (">=", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("<=", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in bounds:
+        op, name = bounds[kind]
+        return f"must be {op} {ctx.get(name)}, got {_describe(value)}"
+    if kind == "union_tag_invalid":
+        return f"unknown check type {_describe(ctx.get('tag'))}; expected one of " + ", ".join(
+            CHECK_TYPES
+        )
+    if kind == "union_tag_not_found":
+        return 'required key "type" is missing; expected one of ' + ", ".join(CHECK_TYPES)
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + '..."'
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+# --------------------------------------------------------------------------- output
+
+
+def dump(config: Config) -> str:
+    """The effective configuration (all defaults and inheritance applied) as JSON.
+
+    Durations are float seconds, addresses and paths strings, secrets masked.
+    """
+    return json.dumps(config.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+
+
+def summarize(config: Config) -> str:
+    """A one-screen description for people (``anycastd check-config``)."""
+    d = format_duration
+    g = config.global_
+    lines = [
+        f"node {g.node}: interface {g.interface}, reconcile every {d(g.reconcile_interval)}",
+        "files: " + (", ".join(str(s) for s in config.sources) or "(none)"),
+    ]
+    if config.api.enabled:
+        metrics = " with /metrics" if config.metrics.enabled else ""
+        lines.append(f"api: {config.api.listen}{metrics}")
+    else:
+        lines.append("api: disabled")
+    bgp = config.bgp
+    if bgp is None:
+        lines.append("bgp: not configured")
+    else:
+        head = [f"bgp: {bgp.mode}"]
+        if bgp.local_as is not None:
+            head.append(f"AS {bgp.local_as}")
+        if bgp.router_id is not None:
+            head.append(f"router-id {bgp.router_id}")
+        head.append(f"next-hop {bgp.next_hop}")
+        lines.append(", ".join(head))
+        for n in bgp.neighbors:
+            local = f" from {n.local_address}" if n.local_address else ""
+            lines.append(
+                f"  neighbor {n.name}: {n.address} AS {n.peer_as}{local}, "
+                f"hold {d(n.hold_time)}, {', '.join(n.families)}"
+            )
+    lines.append(f"services: {len(config.services)}")
+    for name, s in sorted(config.services.items()):
+        state = " (disabled)" if s.disabled else ""
+        source = config.service_sources.get(name)
+        lines.append(
+            f"  {name}{state}: {', '.join(str(p) for p in s.prefixes)}; "
+            f"{len(s.checks)} check{'s' if len(s.checks) != 1 else ''} "
+            f"({', '.join(c.type for c in s.checks) or '-'}), policy {s.policy}"
+            + (f"; from {source.name}" if source else "")
+        )
+        if s.ipvs is not None:
+            v = s.ipvs
+            what = f"fwmark {v.fwmark}" if v.protocol == "fwmark" else f"{v.protocol}/{v.port}"
+            modes = ",".join(sorted({rs.forwarding for rs in v.real_servers}))
+            lines.append(
+                f"    ipvs {what} {v.scheduler}: {len(v.real_servers)} real servers ({modes}), "
+                f"min healthy {v.min_healthy}"
+            )
+        if s.damping is not None:
+            lines.append(
+                f"    damping: suppress {s.damping.suppress}, reuse {s.damping.reuse}, "
+                f"half-life {d(s.damping.half_life)}"
+            )
+    return "\n".join(lines) + "\n"
