@@ -1,0 +1,5 @@
+import sys
+
+from anycastd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""Command line: ``anycastd run | check-config | probe | demo``.
+
+Exit codes follow sysexits(3): 0 ok, 1 a probe found the service unhealthy, 64 usage,
+66 the config file is missing, 70 internal error (a bug: the only case with a traceback),
+78 the config is invalid. A user error is one clear message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from anycastd import __version__
+from anycastd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigNotFound
+
+EX_OK = 0
+EX_UNHEALTHY = 1
+EX_USAGE = 64
+EX_NOINPUT = 66
+EX_SOFTWARE = 70
+EX_CONFIG = 78
+
+
+class UsageError(Exception):
+    """Bad command line; exit 64."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EX_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="anycastd",
+        description="Health-checked anycast: loopback addresses, IPVS and BGP kept honest.",
+    )
+    p.add_argument("--version", action="version", version=f"anycastd {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="PATH",
+            help="main config file; conf.d/*.toml beside it is merged "
+            f"(default {DEFAULT_CONFIG_PATH})",
+        )
+
+    run = sub.add_parser("run", help="run the daemon (health checks and transitions)")
+    with_config(run)
+    run.add_argument(
+        "--for", dest="duration", metavar="DURATION", default=None,
+        help='stop by itself after DURATION (e.g. "30s"); for demos and soak tests',
+    )
+
+    check = sub.add_parser("check-config", help="validate the configuration and summarise it")
+    with_config(check)
+    check.add_argument(
+        "--dump", action="store_true", help="print the effective merged config (JSON)"
+    )
+    check.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+
+    probe = sub.add_parser("probe", help="run one service's checks once and print the results")
+    with_config(probe)
+    probe.add_argument("service", help="service name as in the config")
+
+    sub.add_parser(
+        "demo",
+        help="run anycastd on a built-in default: a local service that fails and recovers",
+    )
+    return p
+
+
+def load(path: Path) -> Config:
+    # Imported here so `anycastd --version` stays fast.
+    from anycastd.config import load_config
+
+    return load_config(path)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from anycastd.config import dump, summarize
+
+    config = load(args.config)
+    if args.dump:
+        print(dump(config))
+    elif not args.quiet:
+        print(summarize(config))
+    return EX_OK
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from anycastd.engine.oneshot import probe_service
+
+    config = load(args.config)
+    if args.service not in config.services:
+        known = ", ".join(sorted(config.services)) or "none"
+        raise UsageError(f"no service {args.service!r} in {args.config} (services: {known})")
+    healthy, lines = asyncio.run(probe_service(config.services[args.service]))
+    print("\n".join(lines))
+    return EX_OK if healthy else EX_UNHEALTHY
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from anycastd.durations import DurationError, parse_duration
+    from anycastd.engine.daemon import run_daemon
+
+    duration: float | None = None
+    if args.duration is not None:
+        try:
+            duration = parse_duration(args.duration)
+        except DurationError as exc:
+            raise UsageError(f"--for: {exc}") from None
+    config = load(args.config)
+    return asyncio.run(run_daemon(config, config_path=args.config, duration=duration))
+
+
+def _cmd_demo(_args: argparse.Namespace) -> int:
+    from anycastd.demo import run_demo
+
+    return asyncio.run(run_demo())
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "check-config": _cmd_check_config,
+    "probe": _cmd_probe,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EX_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigNotFound as exc:
+        sys.stderr.write(f"anycastd: {exc}\n")
+        return EX_NOINPUT
+    except ConfigError as exc:
+        sys.stderr.write(f"anycastd: invalid configuration ({len(exc.issues)} problems):\n{exc}\n")
+        return EX_CONFIG
+    except UsageError as exc:
+        sys.stderr.write(f"anycastd: {exc}\n")
+        return EX_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        # A bug, not a user error: say so and keep the traceback for the report.
+        sys.stderr.write("anycastd: internal error (this is a bug, please report it):\n")
+        traceback.print_exc()
+        return EX_SOFTWARE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The CLI is public API: exit codes (sysexits), messages, and no traceback for user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from anycastd.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "configs" / "anycastd.toml"
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "anycastd", *args],
+        capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+SERVICE = """
+[global]
+log_format = "logfmt"
+[api]
+enabled = false
+[metrics]
+enabled = false
+[services.web]
+prefixes = ["192.0.2.80/32"]
+interval = "200ms"
+timeout = "100ms"
+jitter = "0s"
+rise = 1
+fall = 1
+[[services.web.checks]]
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+"""
+
+
+def test_version_prints_the_package_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("anycastd ")
+
+
+def test_check_config_on_the_example_exits_0_with_a_summary() -> None:
+    proc = run_cli("check-config", "-c", str(EXAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    assert "dns:" in proc.stdout
+    assert "web:" in proc.stdout
+
+
+def test_check_config_dump_prints_the_merged_config_as_json() -> None:
+    proc = run_cli("check-config", "-c", str(EXAMPLE), "--dump")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert set(doc["services"]) == {"dns", "web"}  # web comes from conf.d/10-web.toml
+
+
+def test_invalid_config_exits_78_listing_every_problem_without_traceback(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "anycastd.toml", """
+        [global]
+        nodee = "x"
+        [services.a]
+        prefixes = ["10.0.0.1/24"]
+        interval = 2
+    """)
+    proc = run_cli("check-config", "-c", str(cfg))
+    assert proc.returncode == 78
+    assert "Traceback" not in proc.stderr
+    assert f"{cfg}: global.nodee" in proc.stderr
+    assert f"{cfg}: services.a.prefixes[0]" in proc.stderr
+    assert f"{cfg}: services.a.interval" in proc.stderr
+
+
+def test_missing_config_exits_66(tmp_path: Path) -> None:
+    proc = run_cli("check-config", "-c", str(tmp_path / "nope.toml"))
+    assert proc.returncode == 66
+    assert "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["run", "--for", "soon"], []])
+def test_usage_errors_exit_64(argv: list[str]) -> None:
+    proc = run_cli(*argv)
+    assert proc.returncode == 64, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_probe_unknown_service_is_a_usage_error(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "anycastd.toml", SERVICE.format(port=free_port()))
+    assert main(["probe", "-c", str(cfg), "nope"]) == 64
+
+
+def test_probe_reports_healthy_and_unhealthy(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        cfg = write(tmp_path / "anycastd.toml", SERVICE.format(port=port))
+        up = run_cli("probe", "-c", str(cfg), "web")
+    down = run_cli("probe", "-c", str(cfg), "web")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "service web: healthy" in up.stdout
+    assert down.returncode == 1
+    assert "service web: UNHEALTHY" in down.stdout
+    assert "refused" in down.stdout.lower()
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float = 15) -> list[str]:
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} not seen in:\n{''.join(seen)}")
+
+
+def test_run_logs_transitions_reloads_on_sighup_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        cfg = write(tmp_path / "anycastd.toml", SERVICE.format(port=port))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "anycastd", "run", "-c", str(cfg)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            _read_until(proc, "event=service_transition service=web old=down new=up")
+            # An invalid config is rejected and the daemon keeps running the old one.
+            cfg.write_text(cfg.read_text().replace('interval = "200ms"', "interval = 2"))
+            proc.send_signal(signal.SIGHUP)
+            lines = _read_until(proc, "event=reload_rejected")
+            assert "services.web.interval" in lines[-1]
+            # A valid change that adds a service leaves web's health alone (no transition).
+            cfg.write_text(
+                SERVICE.format(port=port)
+                + textwrap.dedent("""
+                [services.extra]
+                prefixes = ["192.0.2.81/32"]
+                [[services.extra.checks]]
+                type = "file"
+                path = "/nonexistent-anycastd-test"
+                expect = "absent"
+                """)
+            )
+            proc.send_signal(signal.SIGHUP)
+            lines = _read_until(proc, "event=reloaded")
+            assert 'changed="[\\"extra\\"]" unchanged=1' in lines[-1]
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0
+    assert "event=stopped" in out
+    assert "service=web old=up" not in out  # the reload did not disturb web
+    assert "Traceback" not in out

@@ -1,0 +1,55 @@
+"""Reload carries health over: unchanged services keep their value exactly."""
+
+from __future__ import annotations
+
+from anycastd.config import loads
+from anycastd.core.health import ServiceState
+from anycastd.engine.daemon import carry_over
+
+BASE = """
+[api]
+enabled = false
+[metrics]
+enabled = false
+[services.a]
+prefixes = ["192.0.2.1/32"]
+rise = 1
+[[services.a.checks]]
+type = "file"
+path = "/x"
+[services.b]
+prefixes = ["192.0.2.2/32"]
+rise = 1
+[[services.b.checks]]
+type = "file"
+path = "/y"
+"""
+
+
+def test_unchanged_service_keeps_its_health_value_and_changed_one_keeps_counters() -> None:
+    old = loads(BASE)
+    health = carry_over(None, {}, old, now=0.0)
+    health["a"] = health["a"].feed("file-0", True, "ok", 1.0).health
+    health["b"] = health["b"].feed("file-0", True, "ok", 1.0).health
+    assert health["a"].state is ServiceState.UP
+
+    new = loads(BASE.replace('path = "/y"', 'path = "/z"') + """
+[services.c]
+prefixes = ["192.0.2.3/32"]
+[[services.c.checks]]
+type = "file"
+path = "/w"
+""")
+    after = carry_over(old, health, new, now=2.0)
+    assert after["a"] is health["a"]  # identical: no event, no counter reset
+    assert after["b"] is not health["b"]
+    assert after["b"].state is ServiceState.UP  # the check kept its name, so its state
+    assert after["c"].state is ServiceState.DOWN  # new services start down
+    assert set(after) == {"a", "b", "c"}
+
+
+def test_removed_service_is_dropped() -> None:
+    old = loads(BASE)
+    health = carry_over(None, {}, old, now=0.0)
+    new = loads(BASE.split("[services.b]", maxsplit=1)[0])
+    assert set(carry_over(old, health, new, now=1.0)) == {"a"}
