@@ -17,11 +17,13 @@ from typing import NoReturn
 
 from anycastd import __version__
 from anycastd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigNotFound
+from anycastd.errors import StartupError
 
 EX_OK = 0
 EX_UNHEALTHY = 1
 EX_USAGE = 64
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 
@@ -69,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="run one service's checks once and print the results")
     with_config(probe)
     probe.add_argument("service", help="service name as in the config")
+
+    status = sub.add_parser("status", help="show the running daemon's state (GET /status)")
+    with_config(status)
+    status.add_argument("--json", action="store_true", help="print the raw status document")
+    status.add_argument("--checks", action="store_true", help="also list every check")
+
+    for kind, what in (("maintenance", "maintenance"), ("drain", "operator drain")):
+        flag = sub.add_parser(kind, help=f"turn {what} of a service on or off (through the API)")
+        with_config(flag)
+        flag.add_argument("service", help="service name as in the config")
+        flag.add_argument("switch", choices=("on", "off"))
 
     sub.add_parser(
         "demo",
@@ -121,6 +134,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_daemon(config, config_path=args.config, duration=duration))
 
 
+def _api_address(config: Config) -> tuple[str, int]:
+    if not config.api.enabled:
+        raise UsageError("the status API is disabled in the config (api.enabled = false)")
+    return config.api.host, config.api.port
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from anycastd.observe.api import fetch_status
+    from anycastd.observe.status import render_text
+
+    host, port = _api_address(load(args.config))
+    try:
+        doc = fetch_status(host, port)
+    except OSError as exc:
+        sys.stderr.write(f"anycastd: daemon not reachable at {host}:{port}: {exc}\n")
+        return EX_UNAVAILABLE
+    print(json.dumps(doc, indent=2) if args.json else render_text(doc, checks=args.checks))
+    return EX_OK
+
+
+def _cmd_flag(args: argparse.Namespace) -> int:
+    from anycastd.observe.api import post_flag
+
+    host, port = _api_address(load(args.config))
+    try:
+        code, body = post_flag(host, port, args.service, args.command, args.switch == "on")
+    except OSError as exc:
+        sys.stderr.write(f"anycastd: daemon not reachable at {host}:{port}: {exc}\n")
+        return EX_UNAVAILABLE
+    if code == 404:
+        raise UsageError(f"the daemon has no service {args.service!r}")
+    if code != 200:
+        sys.stderr.write(f"anycastd: the daemon answered {code}: {body}\n")
+        return EX_SOFTWARE
+    print(f"{args.service}: {args.command} {args.switch} (state now {body.get('state')})")
+    return EX_OK
+
+
 def _cmd_demo(_args: argparse.Namespace) -> int:
     from anycastd.demo import run_demo
 
@@ -132,6 +185,9 @@ _COMMANDS = {
     "check-config": _cmd_check_config,
     "probe": _cmd_probe,
     "demo": _cmd_demo,
+    "status": _cmd_status,
+    "maintenance": _cmd_flag,
+    "drain": _cmd_flag,
 }
 
 
@@ -152,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         sys.stderr.write(f"anycastd: {exc}\n")
         return EX_USAGE
+    except StartupError as exc:
+        sys.stderr.write(f"anycastd: cannot start: {exc}\n")
+        return EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
     except Exception:

@@ -13,9 +13,9 @@ are ``reconfigure``d (checks kept by name keep their counters), new ones start f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +36,12 @@ from anycastd.core.health import (
 )
 from anycastd.engine.probes import build_probe
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
+from anycastd.errors import StartupError
+from anycastd.observe.api import ApiServer, FlagKind, create_app
 from anycastd.observe.logs import configure as configure_logging
 from anycastd.observe.logs import event
+from anycastd.observe.metrics import Metrics
+from anycastd.observe.status import build_status
 from anycastd.observe.systemd import Notifier
 
 log = logging.getLogger("anycastd")
@@ -136,17 +140,22 @@ class Daemon:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         observers: Sequence[Callable[[Sequence[Event]], None]] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.clock: Clock = clock or MonotonicClock()
         self.notifier = notifier or Notifier()
-        self._observers = list(observers)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._observers = [*observers, self.metrics.observe_events]
         self._scheduler: Scheduler | None = None
+        self._sched_task: asyncio.Task[None] | None = None
+        self._api: ApiServer | None = None
+        # Operator flags set through the API; a flag file OR an API flag turns a state on.
+        self._api_flags: dict[str, _Flags] = {}
         self._wake = asyncio.Event()  # set by a stop or reload request (signal handlers)
         self._stopping = False
         self._reload_requested = False
-        self._flags: dict[str, _Flags] = {}
         self.reload_ok: bool | None = None
 
     @property
@@ -168,30 +177,79 @@ class Daemon:
         for observer in self._observers:
             observer(events)
 
-    def _build(self, health: Mapping[str, ServiceHealth]) -> Scheduler:
-        specs = [spec for svc in self.config.services.values() for spec in check_specs(svc)]
-        return Scheduler(
-            specs,
-            health,
-            clock=self.clock,
-            max_concurrent=self.config.global_.max_concurrent_checks,
-            on_events=self._on_events,
+    def _specs(self) -> list[CheckSpec]:
+        return [spec for svc in self.config.services.values() for spec in check_specs(svc)]
+
+    # ---- status API callbacks
+
+    def status(self) -> dict[str, object]:
+        return build_status(
+            self.config.global_.node, time.time(), self.scheduler.services, self.clock.now()
         )
+
+    def alive(self) -> bool:
+        return self._sched_task is not None and not self._sched_task.done()
+
+    def set_flag(self, service: str, kind: FlagKind, on: bool) -> bool:
+        if service not in self.config.services:
+            return False
+        flags = self._api_flags.setdefault(service, _Flags())
+        if kind == "maintenance":
+            flags.maintenance = on
+        else:
+            flags.draining = on
+        self._sync_flags()
+        return True
+
+    async def _start_api(self) -> None:
+        api = self.config.api
+        if not api.enabled:
+            return
+        app = create_app(
+            status_provider=self.status,
+            alive=self.alive,
+            set_flag=self.set_flag,
+            metrics=self.metrics if self.config.metrics.enabled else None,
+        )
+        server = ApiServer(app)
+        try:
+            await server.start(api.host, api.port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {api.listen} (api.listen): {exc}") from None
+        self._api = server
+        event(log, "api_listening", url=server.url)
 
     async def run(self, duration: float | None = None) -> int:
         now = self.clock.now()
         health = carry_over(None, {}, self.config, now)
-        self._scheduler = self._build(health)
+        self._scheduler = Scheduler(
+            self._specs(),
+            health,
+            clock=self.clock,
+            max_concurrent=self.config.global_.max_concurrent_checks,
+            on_events=self._on_events,
+            on_run=self.metrics.observe_run,
+        )
+        self.metrics.sync(health)
+        self.metrics.reload(True, time.time())
         for name, h in health.items():
             event(log, "service_start", service=name, state=h.state.value, reason=h.reason)
-        event(log, "started", node=self.config.global_.node,
-              services=len(self.config.services), config=str(self.config_path))
-        self.notifier.ready(f"{len(self.config.services)} services")
+        await self._start_api()
+        try:
+            return await self._main_loop(duration)
+        finally:
+            if self._api is not None:
+                await self._api.stop()
+
+    async def _main_loop(self, duration: float | None) -> int:
         async with asyncio.TaskGroup() as tg:
-            sched_task = tg.create_task(self._scheduler.run())
+            self._sched_task = tg.create_task(self.scheduler.run())
             helpers = [tg.create_task(self._watch_flags()), tg.create_task(self._watchdog())]
             if duration is not None:
                 helpers.append(tg.create_task(self._stop_after(duration)))
+            event(log, "started", node=self.config.global_.node,
+                  services=len(self.config.services), config=str(self.config_path))
+            self.notifier.ready(f"{len(self.config.services)} services")
             while True:
                 await self._wake.wait()
                 self._wake.clear()
@@ -199,11 +257,11 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
-                    sched_task = await self._do_reload(tg, sched_task)
+                    self._do_reload()
             self.notifier.stopping()
             event(log, "stopping")
             # Cancelled children end quietly; the TaskGroup waits for their finally blocks.
-            for task in (sched_task, *helpers):
+            for task in (self._sched_task, *helpers):
                 task.cancel()
         event(log, "stopped")
         return 0
@@ -212,56 +270,61 @@ class Daemon:
         await asyncio.sleep(duration)
         self.request_stop()
 
-    async def _do_reload(
-        self, tg: asyncio.TaskGroup, sched_task: asyncio.Task[None]
-    ) -> asyncio.Task[None]:
+    def _do_reload(self) -> None:
         self.notifier.reloading()
         path = self.config_path
         if path is None:  # a config built in memory (demo, tests) has nothing to re-read
-            return sched_task
+            self.notifier.ready()
+            return
         try:
             new = load_config(path)
         except ConfigError as exc:
-            self.reload_ok = False
+            self.metrics.reload(False, time.time())
             event(log, "reload_rejected", level=logging.ERROR, config=str(path),
                   problems=len(exc.issues), detail=str(exc))
             self.notifier.ready("reload rejected; running the previous config")
-            return sched_task
-        old_sched = self.scheduler
-        sched_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sched_task
+            return
         changed = sorted(
             n for n in set(new.services) | set(self.config.services)
             if new.services.get(n) != self.config.services.get(n)
         )
-        health = carry_over(self.config, old_sched.services, new, self.clock.now())
-        self.config = new
-        self._scheduler = self._build(health)
-        self.reload_ok = True
+        health = carry_over(self.config, self.scheduler.services, new, self.clock.now())
+        old_config, self.config = self.config, new
+        self.scheduler.reload(self._specs(), health)
+        self._api_flags = {k: v for k, v in self._api_flags.items() if k in new.services}
+        self.metrics.sync(health)
+        self.metrics.reload(True, time.time())
+        if new.api != old_config.api:
+            event(log, "api_change_needs_restart", level=logging.WARNING,
+                  detail="[api] changed; the listener changes at the next restart")
         event(log, "reloaded", config=str(path), changed=changed,
               unchanged=len(new.services) - len([n for n in changed if n in new.services]))
         self.notifier.ready(f"{len(new.services)} services")
-        return tg.create_task(self._scheduler.run())
 
     async def _watch_flags(self) -> None:
-        """Maintenance and drain files: per service, and the node-wide maintenance file."""
         while True:
-            node_file = self.config.global_.maintenance_file
-            node_maint = node_file is not None and node_file.exists()
-            for name, svc in self.config.services.items():
-                want = _Flags(
-                    maintenance=node_maint
-                    or (svc.maintenance_file is not None and svc.maintenance_file.exists()),
-                    draining=svc.drain_file is not None and svc.drain_file.exists(),
-                )
-                have = self.scheduler.health(name)
-                if want.maintenance != have.maintenance:
-                    why = "node maintenance file" if node_maint else "maintenance file"
-                    self.scheduler.set_maintenance(name, want.maintenance, f"{why} present")
-                if want.draining != have.draining:
-                    self.scheduler.set_draining(name, want.draining, "drain file present")
+            self._sync_flags()
             await asyncio.sleep(FLAG_POLL_INTERVAL)
+
+    def _sync_flags(self) -> None:
+        """Maintenance and drain: per-service files, API flags, the node maintenance file."""
+        node_file = self.config.global_.maintenance_file
+        node_maint = node_file is not None and node_file.exists()
+        for name, svc in self.config.services.items():
+            api = self._api_flags.get(name, _Flags())
+            own_file = svc.maintenance_file is not None and svc.maintenance_file.exists()
+            maintenance = node_maint or own_file or api.maintenance
+            draining = api.draining or (svc.drain_file is not None and svc.drain_file.exists())
+            have = self.scheduler.health(name)
+            if maintenance != have.maintenance:
+                why = ("node maintenance file present" if node_maint
+                       else "maintenance file present" if own_file
+                       else "maintenance set through the API" if api.maintenance
+                       else "maintenance")
+                self.scheduler.set_maintenance(name, maintenance, why)
+            if draining != have.draining:
+                why = "drain set through the API" if api.draining else "drain file present"
+                self.scheduler.set_draining(name, draining, why)
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()

@@ -187,3 +187,60 @@ def test_run_logs_transitions_reloads_on_sighup_and_exits_0_on_sigterm(tmp_path:
     assert "event=stopped" in out
     assert "service=web old=up" not in out  # the reload did not disturb web
     assert "Traceback" not in out
+
+
+API_SERVICE = SERVICE.replace("[api]\nenabled = false\n[metrics]\nenabled = false\n", "")
+
+
+def test_status_and_maintenance_through_the_api_of_a_running_daemon(tmp_path: Path) -> None:
+    api_port = free_port()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        cfg = write(
+            tmp_path / "anycastd.toml",
+            f'[api]\nlisten = "127.0.0.1:{api_port}"\n' + API_SERVICE.format(port=port),
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "anycastd", "run", "-c", str(cfg)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            _read_until(proc, "event=service_transition service=web old=down new=up")
+            status = run_cli("status", "-c", str(cfg), "--json")
+            assert status.returncode == 0, status.stderr
+            assert json.loads(status.stdout)["services"]["web"]["state"] == "up"
+            on = run_cli("maintenance", "-c", str(cfg), "web", "on")
+            assert on.returncode == 0, on.stderr
+            assert "state now maintenance" in on.stdout
+            _read_until(proc, "service=web old=up new=maintenance")
+            # The flag file poller must not undo an API flag a second later.
+            time.sleep(1.5)
+            table = run_cli("status", "-c", str(cfg))
+            assert "maintenance" in table.stdout
+            assert run_cli("maintenance", "-c", str(cfg), "nope", "on").returncode == 64
+            # A second daemon cannot bind the same API port: exit 69, no traceback.
+            second = run_cli("run", "-c", str(cfg), "--for", "1s")
+            assert second.returncode == 69
+            assert "api.listen" in second.stderr
+            assert "Traceback" not in second.stderr
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0
+
+
+def test_status_when_no_daemon_runs_exits_69(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path / "anycastd.toml",
+        f'[api]\nlisten = "127.0.0.1:{free_port()}"\n' + API_SERVICE.format(port=free_port()),
+    )
+    proc = run_cli("status", "-c", str(cfg))
+    assert proc.returncode == 69
+    assert "not reachable" in proc.stderr
