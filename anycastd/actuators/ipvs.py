@@ -537,7 +537,7 @@ class IpvsNetlink:
                 if self._connect is not None:
                     self._sock = self._connect()
                 else:
-                    from pyroute2 import IPVS  # noqa: PLC0415  (heavy import, only when used)
+                    from pyroute2 import IPVS
 
                     self._sock = IPVS()
         return self._sock
@@ -566,7 +566,7 @@ class IpvsNetlink:
 
     # -- observe
     def observe(self) -> IpvsObserved:
-        from pyroute2 import IPVSService  # noqa: PLC0415
+        from pyroute2 import IPVSService
 
         ipvs = self._ipvs()
         services: dict[VirtualService, ObservedService] = {}
@@ -604,7 +604,7 @@ class IpvsNetlink:
                 self._record(set(self.owned()) - deleted)
 
     def _apply(self, actions: Sequence[Action], deleted: set[VirtualService]) -> None:
-        from pyroute2 import IPVSDest, IPVSService  # noqa: PLC0415
+        from pyroute2 import IPVSDest, IPVSService
 
         ipvs = self._ipvs()
 
