@@ -1,0 +1,536 @@
+"""The controller's planner: desired vs observed -> ordered steps, as a pure state machine.
+
+Rule: pure. No I/O, no clock, no await. Time (monotonic seconds) and observations come in as
+arguments; the result is a new :class:`ControllerState`, the steps to run in order, and the
+time at which to plan again if nothing else happens.
+
+Theory of operation
+-------------------
+Each pass diffs :class:`~anycastd.core.desired.Desired` against :class:`Observed` (read back
+from the kernel and the speaker) and returns at most five steps, always in this order::
+
+    1. BgpStep      withdrawals and demotions (routes that stay keep what they have)
+    2. LoopbackStep address adds
+    3. IpvsStep     virtual services and real servers (adds, weights, deletes)
+    4. LoopbackStep address removes
+    5. BgpStep      new announcements and attribute changes
+
+A step is one actuator's batch; a ``BgpStep`` carries the WHOLE route set the speaker should
+hold at that point (the speaker sends only the difference). Empty steps are left out, so a
+converged pass plans nothing (no churn), and so does a restart that finds the kernel and the
+speaker already as desired (adoption: the state below starts empty and is rebuilt).
+
+Safety comes from the order plus the executor's rule "run in order, stop at the first
+failure, observe again, plan again": whatever prefix of the list has run, a prefix is never
+announced while (a) its host address is missing from the interface, or (b) its guards fail:
+a virtual service it depends on has fewer than ``min_healthy`` real servers with weight > 0.
+Withdrawals happen in step 1, before IPVS weights drop (3) and addresses go (4); new
+announcements happen in step 5, only for prefixes whose address and guards hold once steps
+2-3 have run. While a prefix stays announced, the real servers its guards count are never
+taken below ``min_healthy`` (the IPVS target is clamped to the observed weights), and an
+announced prefix whose guards already fail in the observation is withdrawn at once.
+
+Take-down, per prefix, table-driven (``_take_down``)::
+
+    announced?  policy      drain known?  time up / quiet?   ->  this pass
+    no          -           -             -                      forget the drain
+    yes         withdraw    -             -                      withdraw
+    yes         (broken: address or guards fail in observation)  withdraw
+    yes         drain       no            -                      demote, remember now
+    yes         drain       yes           no                     keep the demote, wake at end
+    yes         drain       yes           yes                    withdraw (drain kept until
+                                                                 the observation shows it gone)
+
+*Drain* applies to an announced prefix that no owner wants announced any more (DOWN,
+MAINTENANCE, DISABLED, or shutdown with ``drain-then-withdraw``), when it has a demote route
+and ``drain_time > 0``. A prefix that was not announced is not demoted. The drain ends at
+``since + drain_time`` or, once the demote route is observed, when the active IPVS
+connections of the prefix's virtual services are at most ``drain_connections``, whichever
+comes first. If an owner wants the prefix again during the drain, the drain is forgotten and
+the route goes back to its state's attributes (no withdraw). Prefixes not in the config any
+more (reload) and ``withdraw`` policies are withdrawn without a demote. State advances only
+from observation: a drain is forgotten when the prefix is observed withdrawn, never because
+a step was planned.
+
+IPVS weights: a service whose state announces, or with a prefix still in its drain, gets live
+weights; otherwise idle weights (see ``desired``). At shutdown, services without a ``keep``
+policy lose their virtual services once their prefixes are withdrawn; ``keep`` services and
+their prefixes and addresses are left exactly as observed, and so are the virtual services
+of every owner of a kept prefix (a shared prefix is kept when any owner keeps it).
+
+Within the IPVS step, actions that add serving capacity run before those that take it away
+(``_capacity_first``), so even a batch cut short halfway never drops a guard below both the
+observed and the target count.
+
+The executor (the asyncio shell) drives it like this::
+
+    state = ControllerState()
+    loop:
+        observed = Observed(loopback.observe(), ipvs.observe(),
+                            routes_from_rib(speaker.sent, settings, desired.route_hints),
+                            ipvs.owned())
+        result = plan(state, compute(config, states, rs_up), observed, clock(),
+                      shutdown=stopping)
+        state = result.state
+        for step in result.steps:          # in order; stop at the first ActuatorError
+            LoopbackStep -> loopback.apply(step.actions)
+            IpvsStep     -> ipvs.apply(step.actions)
+            BgpStep      -> await speaker.set_routes(step.routes)
+        if result.steps: observe and plan again (back off after a failure)
+        elif stopping and result.shutdown_complete: exit
+        else: sleep until result.next_wakeup, a health edge, a reload or the reconcile timer
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from anycastd.actuators import ipvs as ipvs_actuator
+from anycastd.actuators import loopback as lo_actuator
+from anycastd.actuators.ipvs import IpvsObserved, RealServer, ServiceSpec, VirtualService
+from anycastd.actuators.loopback import HostAddress, LoopbackObserved
+from anycastd.bgp import plan as bgp_plan
+from anycastd.bgp.model import Attributes, BgpSettings, Route
+from anycastd.core.desired import Desired, Guard, PrefixIntent
+
+__all__ = [
+    "BgpStep",
+    "ControllerState",
+    "IpvsStep",
+    "LoopbackStep",
+    "Observed",
+    "Phase",
+    "Plan",
+    "Step",
+    "plan",
+    "routes_from_rib",
+]
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+Phase = Literal["announced", "announcing", "draining", "withdrawing", "withdrawn", "kept"]
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    """What the planner remembers between passes: when each drain began (prefix -> since).
+
+    Everything else is read back from the world, so ``ControllerState()`` after a restart is
+    correct (a drain in progress then starts again, which is safe)."""
+
+    drains: tuple[tuple[str, float], ...] = ()
+
+    def drain_since(self, prefix: str) -> float | None:
+        for p, since in self.drains:
+            if p == prefix:
+                return since
+        return None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The world as read back. ``announced``: the routes the speaker holds (see
+    :func:`routes_from_rib`); ``ipvs_owned``: the IPVS ownership record."""
+
+    loopback: LoopbackObserved
+    ipvs: IpvsObserved = field(default_factory=IpvsObserved)
+    announced: frozenset[Route] = frozenset()
+    ipvs_owned: frozenset[VirtualService] = frozenset()
+
+
+@dataclass(frozen=True)
+class LoopbackStep:
+    actions: tuple[lo_actuator.Action, ...]
+
+
+@dataclass(frozen=True)
+class IpvsStep:
+    actions: tuple[ipvs_actuator.Action, ...]
+
+
+@dataclass(frozen=True)
+class BgpStep:
+    """The whole route set to hand to ``Speaker.set_routes`` at this point."""
+
+    routes: frozenset[Route]
+
+
+Step: TypeAlias = LoopbackStep | IpvsStep | BgpStep
+
+
+@dataclass(frozen=True)
+class Plan:
+    state: ControllerState
+    steps: tuple[Step, ...]
+    #: plan again at this monotonic time even without new events (None: no deadline)
+    next_wakeup: float | None
+    #: shutdown requested and nothing left to do (every non-keep prefix withdrawn and cleaned)
+    shutdown_complete: bool
+    #: per prefix, for status and logs
+    phases: tuple[tuple[str, Phase], ...] = ()
+
+
+# --- observation helpers -----------------------------------------------------------------------
+
+
+def _present_ips(observed: LoopbackObserved) -> frozenset[IPAddress]:
+    # Owned or foreign: an operator's address with the same IP serves the prefix too.
+    return frozenset(a.ip for a in observed.addresses)
+
+
+def _usable(servers: Iterable[RealServer]) -> int:
+    return sum(1 for rs in servers if rs.weight > 0)
+
+
+def _observed_counts(observed: IpvsObserved) -> dict[VirtualService, int]:
+    return {
+        vs: _usable(ors.server for ors in svc.real_servers)
+        for vs, svc in observed.services.items()
+    }
+
+
+def _guards_hold(guards: Iterable[Guard], counts: Mapping[VirtualService, int]) -> bool:
+    return all(counts.get(g.service, 0) >= g.min_healthy for g in guards)
+
+
+def _gate(
+    intent: PrefixIntent,
+    owners: Iterable[str],
+    ips: frozenset[IPAddress],
+    counts: Mapping[VirtualService, int],
+) -> bool:
+    """May ``intent`` be announced given these addresses and real-server counts?"""
+    if intent.address is not None and intent.address.ip not in ips:
+        return False
+    return any(_guards_hold(intent.guards_of(o), counts) for o in owners)
+
+
+def _gate_owners(intent: PrefixIntent) -> tuple[str, ...]:
+    return intent.announcing or intent.owners
+
+
+def _active_connections(intent: PrefixIntent, observed: IpvsObserved) -> int:
+    total = 0
+    for vs in intent.virtual_services:
+        svc = observed.services.get(vs)
+        if svc is not None:
+            total += sum(ors.active_connections for ors in svc.real_servers)
+    return total
+
+
+# --- the pass ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pass:
+    """Scratch space of one pass (never leaves ``plan``)."""
+
+    bgp1: dict[str, frozenset[Route]] = field(default_factory=dict)
+    targets: dict[str, Route] = field(default_factory=dict)
+    draining: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)
+    drains: dict[str, float] = field(default_factory=dict)
+    wakeups: list[float] = field(default_factory=list)
+
+
+def _take_down(
+    p: _Pass,
+    intent: PrefixIntent | None,
+    have: frozenset[Route],
+    since: float | None,
+    *,
+    policy_withdraw: bool,
+    observed_ok: bool,
+    observed: Observed,
+    now: float,
+    drain_connections: int,
+    connection_poll: float,
+) -> None:
+    """An announced prefix nobody wants announced: demote and wait, or withdraw."""
+    if intent is None or intent.demote is None or intent.drain_time <= 0:
+        return  # withdraw now (not in bgp1)
+    if policy_withdraw or not observed_ok:
+        return
+    start = now if since is None else since
+    p.drains[intent.prefix] = start  # kept until the withdraw is observed
+    end = start + intent.drain_time
+    quiet = (
+        bool(intent.virtual_services)
+        and have == frozenset({intent.demote})
+        and _active_connections(intent, observed.ipvs) <= drain_connections
+    )
+    if now >= end or quiet:
+        return
+    p.bgp1[intent.prefix] = frozenset({intent.demote})
+    p.draining.add(intent.prefix)
+    p.wakeups.append(end)
+    if intent.virtual_services:
+        p.wakeups.append(now + connection_poll)
+
+
+def _clamp(spec: ServiceSpec, observed: IpvsObserved, min_healthy: int) -> ServiceSpec:
+    """``spec`` with the observed weight > 0 real servers kept, when ``spec`` alone would
+    leave fewer than ``min_healthy``."""
+    if _usable(spec.real_servers) >= min_healthy:
+        return spec
+    have = observed.services.get(spec.service)
+    if have is None:
+        return spec
+    merged = {rs.key: rs for rs in spec.real_servers}
+    for ors in have.real_servers:
+        cur = merged.get(ors.server.key)
+        if ors.server.weight > 0 and (cur is None or cur.weight == 0):
+            merged[ors.server.key] = ors.server
+    return ServiceSpec(
+        spec.service,
+        spec.scheduler,
+        spec.persistence,
+        tuple(sorted(merged.values(), key=lambda rs: rs.key)),
+    )
+
+
+def _ipvs_target(
+    p: _Pass, desired: Desired, observed: Observed, *, shutdown: bool
+) -> tuple[dict[VirtualService, ServiceSpec], set[VirtualService]]:
+    """The IPVS table to aim at this pass, and the virtual services left untouched."""
+    specs: dict[VirtualService, ServiceSpec] = {}
+    held: set[VirtualService] = set()
+    for s in desired.services:
+        if shutdown and (s.shutdown == "keep" or any(x in p.kept for x in s.prefixes)):
+            # a kept prefix keeps every owner's virtual services with it (shared prefixes)
+            held.update(spec.service for spec in s.live)
+            continue
+        draining = any(prefix in p.draining for prefix in s.prefixes)
+        active = (s.announces and not shutdown) or draining
+        if shutdown and not active:
+            continue  # shutdown: the virtual service goes once its prefixes are withdrawn
+        for spec in s.live if active else s.idle:
+            specs[spec.service] = spec
+    for prefix in p.bgp1:
+        intent = desired.prefix(prefix)
+        if intent is None or prefix in p.kept:
+            continue
+        for owner in _gate_owners(intent):
+            for g in intent.guards_of(owner):
+                current = specs.get(g.service)
+                if current is not None:
+                    specs[g.service] = _clamp(current, observed.ipvs, g.min_healthy)
+    return specs, held
+
+
+def _reduces(action: ipvs_actuator.Action) -> bool:
+    if isinstance(action, ipvs_actuator.DeleteRealServer | ipvs_actuator.DeleteService):
+        return True
+    return isinstance(action, ipvs_actuator.EditRealServer) and action.server.weight == 0
+
+
+def _capacity_first(actions: list[ipvs_actuator.Action]) -> list[ipvs_actuator.Action]:
+    """Actions that add serving capacity before those that take it away (each group keeps
+    its order: a service before its real servers, real servers before their service), so a
+    batch cut short by a failure never leaves fewer usable real servers than both the
+    observed table and the target have."""
+    return [a for a in actions if not _reduces(a)] + [a for a in actions if _reduces(a)]
+
+
+def _addresses(p: _Pass, desired: Desired, observed: LoopbackObserved) -> set[HostAddress]:
+    want: set[HostAddress] = set()
+    for intent in desired.prefixes:
+        if intent.address is None:
+            continue
+        if intent.prefix in p.kept:
+            ip = intent.address.ip
+            want.update(a.interface for a in observed.addresses if a.owned and a.ip == ip)
+        elif intent.prefix in p.targets or intent.prefix in p.bgp1:
+            want.add(intent.address)
+    return want
+
+
+def _union(routes: Iterable[frozenset[Route]]) -> frozenset[Route]:
+    out: set[Route] = set()
+    for group in routes:
+        out.update(group)
+    return frozenset(out)
+
+
+def plan(
+    state: ControllerState,
+    desired: Desired,
+    observed: Observed,
+    now: float,
+    *,
+    shutdown: bool = False,
+    drain_connections: int = 0,
+    connection_poll: float = 1.0,
+) -> Plan:
+    """One planning pass (see the module docstring). Pure and deterministic.
+
+    ``shutdown`` applies each prefix's shutdown policy instead of its state.
+    ``drain_connections``: a drain may end early once the active IPVS connections of the
+    prefix's virtual services are at most this. ``connection_poll``: while such a drain
+    runs, plan again this often (connection counts change without events).
+    """
+    announced: dict[str, set[Route]] = {}
+    for route in observed.announced:
+        announced.setdefault(route.prefix, set()).add(route)
+    intents = {i.prefix: i for i in desired.prefixes}
+    ips = _present_ips(observed.loopback)
+    counts = _observed_counts(observed.ipvs)
+    drains = dict(state.drains)
+    p = _Pass()
+
+    for prefix in sorted(intents.keys() | announced.keys()):
+        intent = intents.get(prefix)
+        have = frozenset(announced.get(prefix, ()))
+        if shutdown and intent is not None and intent.shutdown == "keep":
+            p.kept.add(prefix)
+            if have:
+                p.bgp1[prefix] = have
+            continue
+        observed_ok = intent is not None and _gate(intent, _gate_owners(intent), ips, counts)
+        target = intent.route if intent is not None and not shutdown else None
+        if target is not None:
+            p.targets[prefix] = target
+            if have and observed_ok:
+                p.bgp1[prefix] = have  # stays announced; attributes change in step 5
+            continue  # not announced, or announced but broken: (re)announced in step 5
+        if have:
+            _take_down(
+                p,
+                intent,
+                have,
+                drains.get(prefix),
+                policy_withdraw=shutdown and intent is not None and intent.shutdown == "withdraw",
+                observed_ok=observed_ok,
+                observed=observed,
+                now=now,
+                drain_connections=drain_connections,
+                connection_poll=connection_poll,
+            )
+
+    specs, held = _ipvs_target(p, desired, observed, shutdown=shutdown)
+    ipvs_actions = _capacity_first(
+        ipvs_actuator.plan(specs, observed.ipvs, observed.ipvs_owned - held)
+    )
+    want_addresses = _addresses(p, desired, observed.loopback)
+    lo_actions = lo_actuator.plan(want_addresses, observed.loopback)
+    add_ips = {a.address.ip for a in lo_actions if isinstance(a, lo_actuator.AddAddress)}
+    # A remove that makes room for an add of the same IP (prefix length changed) goes first.
+    lo_first: list[lo_actuator.Action] = []
+    lo_last: list[lo_actuator.Action] = []
+    for a in lo_actions:
+        first = isinstance(a, lo_actuator.AddAddress) or a.address.ip in add_ips
+        (lo_first if first else lo_last).append(a)
+
+    ips_after = ips | {a.ip for a in want_addresses}
+    counts_after = dict(counts)
+    counts_after.update({vs: _usable(spec.real_servers) for vs, spec in specs.items()})
+    for vs in observed.ipvs.services:
+        if vs not in specs and vs not in held and vs in observed.ipvs_owned:
+            counts_after[vs] = 0  # an owned service not desired is deleted in step 3
+    final = dict(p.bgp1)
+    for prefix, target in p.targets.items():
+        intent = intents[prefix]
+        if _gate(intent, intent.announcing, ips_after, counts_after):
+            final[prefix] = frozenset({target})
+
+    before = frozenset(observed.announced)
+    set1 = _union(p.bgp1.values())
+    set2 = _union(final.values())
+    steps: list[Step] = []
+    if set1 != before:
+        steps.append(BgpStep(set1))
+    if lo_first:
+        steps.append(LoopbackStep(tuple(lo_first)))
+    if ipvs_actions:
+        steps.append(IpvsStep(tuple(ipvs_actions)))
+    if lo_last:
+        steps.append(LoopbackStep(tuple(lo_last)))
+    if set2 != set1:
+        steps.append(BgpStep(set2))
+
+    phases: list[tuple[str, Phase]] = []
+    for prefix in sorted(intents.keys() | announced.keys()):
+        phases.append((prefix, _phase(prefix, p, announced, final)))
+    return Plan(
+        state=ControllerState(tuple(sorted(p.drains.items()))),
+        steps=tuple(steps),
+        next_wakeup=min(p.wakeups, default=None),
+        shutdown_complete=shutdown and not steps and not p.drains,
+        phases=tuple(phases),
+    )
+
+
+def _phase(
+    prefix: str,
+    p: _Pass,
+    announced: Mapping[str, set[Route]],
+    final: Mapping[str, frozenset[Route]],
+) -> Phase:
+    if prefix in p.kept:
+        return "kept"
+    if prefix in p.draining:
+        return "draining"
+    if prefix in announced:
+        return "announced" if prefix in final else "withdrawing"
+    return "announcing" if prefix in final else "withdrawn"
+
+
+# --- reading the speaker back ----------------------------------------------------------------
+
+
+def routes_from_rib(
+    rib: Mapping[bgp_plan.RibKey, bgp_plan.ResolvedAttributes],
+    settings: BgpSettings,
+    hints: Iterable[Route] = (),
+) -> frozenset[Route]:
+    """The speaker's RIB (``ExabgpSpeaker.sent``) as routes, for :attr:`Observed.announced`.
+
+    A prefix whose RIB entries are exactly what a hint route resolves to is given as that
+    hint (pass the desired routes, demote routes and the last set sent), so the planner
+    compares like with like and a steady state plans nothing. Other prefixes are rebuilt from
+    the RIB: one route per distinct attribute set, targeted at the neighbors that carry it.
+    """
+    by_prefix: dict[str, dict[str, bgp_plan.ResolvedAttributes]] = {}
+    for (neighbor, prefix), attrs in rib.items():
+        by_prefix.setdefault(prefix, {})[neighbor] = attrs
+    out: set[Route] = set()
+    hinted: dict[str, list[Route]] = {}
+    for route in hints:
+        hinted.setdefault(bgp_plan.normalize_prefix(route.prefix), []).append(route)
+    for prefix, entries in by_prefix.items():
+        match = None
+        for route in hinted.get(prefix, ()):
+            try:
+                resolved = bgp_plan.resolve([route], settings)
+            except ValueError:  # PlanError is a ValueError: an unknown neighbor
+                continue
+            if {n: a for (n, _), a in resolved.items()} == entries:
+                match = route
+                break
+        if match is not None:
+            out.add(match)
+            continue
+        groups: dict[bgp_plan.ResolvedAttributes, list[str]] = {}
+        for neighbor, attrs in sorted(entries.items()):
+            groups.setdefault(attrs, []).append(neighbor)
+        for attrs, neighbors in groups.items():
+            targets = () if neighbors == [bgp_plan.ALL_NEIGHBORS] else tuple(neighbors)
+            next_hop = None if attrs.next_hop == (settings.next_hop or "self") else attrs.next_hop
+            out.add(
+                Route(
+                    prefix,
+                    Attributes(
+                        med=attrs.med,
+                        local_preference=attrs.local_preference,
+                        communities=attrs.communities,
+                        large_communities=attrs.large_communities,
+                        as_path_prepend=attrs.as_path_prepend,
+                        next_hop=next_hop,
+                    ),
+                    targets,
+                )
+            )
+    return frozenset(out)

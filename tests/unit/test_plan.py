@@ -1,0 +1,651 @@
+"""core.plan: ordered, reconciled, safe transitions across address, IPVS and BGP.
+
+The world is simulated in memory: ``FakeLoopback`` and ``FakeIpvs`` (anycastd.testing) for
+the kernel, a route set for the speaker. ``Harness`` is the executor the controller runs:
+plan, run the steps in order, stop at the first failure, observe again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from anycastd.actuators.errors import TransientError
+from anycastd.actuators.ipvs import (
+    AddRealServer,
+    AddService,
+    DeleteService,
+    EditRealServer,
+    RealServer,
+    ServiceSpec,
+    VirtualService,
+)
+from anycastd.actuators.loopback import AddAddress, RemoveAddress
+from anycastd.bgp import plan as bgp_plan
+from anycastd.bgp.model import Attributes, BgpSettings, Neighbor, Route
+from anycastd.config import Config, loads
+from anycastd.core.desired import RealServerKey, compute
+from anycastd.core.health import ServiceState as S
+from anycastd.core.plan import (
+    BgpStep,
+    ControllerState,
+    IpvsStep,
+    LoopbackStep,
+    Observed,
+    Plan,
+    Step,
+    plan,
+    routes_from_rib,
+)
+from anycastd.testing.ipvs import FakeIpvs
+from anycastd.testing.loopback import FakeLoopback
+
+CHECK = 'checks = [{type = "tcp", host = "127.0.0.1", port = 80}]'
+
+
+# --- the simulated world --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Step ``step`` of the next pass fails after ``cut`` of its actions (for a BgpStep:
+    prefixes whose bit in ``cut`` is set are updated, the others keep their old routes)."""
+
+    step: int
+    cut: int = 0
+
+
+class World:
+    """The kernel and the speaker, as the controller sees them."""
+
+    def __init__(self) -> None:
+        self.lo = FakeLoopback()
+        self.ipvs = FakeIpvs()
+        self.announced: frozenset[Route] = frozenset()
+        self.bgp_changes = 0  # prefixes whose announcement changed (updates sent)
+
+    def observe(self) -> Observed:
+        return Observed(
+            loopback=self.lo.observe(),
+            ipvs=self.ipvs.observe(),
+            announced=self.announced,
+            ipvs_owned=self.ipvs.owned(),
+        )
+
+    @property
+    def writes(self) -> int:
+        return self.lo.writes + self.ipvs.writes
+
+    def run(self, step: Step, fail: int | None = None) -> bool:
+        """Apply ``step``; with ``fail`` only partly, and report failure (False)."""
+        match step:
+            case LoopbackStep(actions):
+                if fail is None:
+                    self.lo.apply(actions)
+                    return True
+                # the real batch tries every action and reports the first failure
+                cut = fail % (len(actions) + 1)
+                self.lo.apply(actions[:cut])
+                if cut < len(actions):
+                    self.lo.fail_next(TransientError("loopback", "injected"))
+                    with contextlib.suppress(TransientError):
+                        self.lo.apply(actions[cut:])
+                return False
+            case IpvsStep(actions):
+                if fail is None:
+                    self.ipvs.apply(actions)
+                    return True
+                self.ipvs.apply(actions[: fail % (len(actions) + 1)])
+                return False
+            case BgpStep(routes):
+                self._bgp(routes, None if fail is None else fail)
+                return fail is None
+        raise AssertionError(step)
+
+    def _bgp(self, routes: frozenset[Route], mask: int | None) -> None:
+        old = _by_prefix(self.announced)
+        new = _by_prefix(routes)
+        result: dict[str, frozenset[Route]] = {}
+        for i, prefix in enumerate(sorted(old.keys() | new.keys())):
+            take = mask is None or (mask >> i) & 1
+            chosen = new.get(prefix, frozenset()) if take else old.get(prefix, frozenset())
+            if chosen != old.get(prefix, frozenset()):
+                self.bgp_changes += 1
+            if chosen:
+                result[prefix] = chosen
+        self.announced = frozenset(r for group in result.values() for r in group)
+
+    def host_ips(self) -> set[str]:
+        return {str(a.ip) for a in self.lo.addresses}
+
+    def usable(self, vs: VirtualService) -> int:
+        svc = self.ipvs.table.get(vs)
+        if svc is None:
+            return 0
+        return sum(1 for d in svc.dests.values() if d.server.weight > 0)
+
+
+def _by_prefix(routes: frozenset[Route]) -> dict[str, frozenset[Route]]:
+    out: dict[str, set[Route]] = {}
+    for r in routes:
+        out.setdefault(r.prefix, set()).add(r)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def violations(config: Config, world: World) -> list[str]:
+    """The safety invariant, checked on the world alone (independent of the planner):
+    an announced prefix has its host address on the interface, and at least one owner
+    with enough real servers at weight > 0 (or no such requirement)."""
+    problems: list[str] = []
+    for prefix in sorted({r.prefix for r in world.announced}):
+        net = ipaddress.ip_network(prefix)
+        owners = [s for s in config.services.values() if net in s.prefixes]
+        if net.prefixlen == net.max_prefixlen and str(net.network_address) not in world.host_ips():
+            problems.append(f"{prefix} announced without its address")
+        served = False
+        for s in owners:
+            if s.ipvs is None or s.ipvs.min_healthy == 0:
+                served = True
+                continue
+            if s.ipvs.protocol == "fwmark":
+                assert s.ipvs.fwmark is not None
+                vs = VirtualService.mark(s.ipvs.fwmark, 6 if net.version == 6 else 4)
+            else:
+                assert s.ipvs.port is not None
+                vs = VirtualService(s.ipvs.protocol, str(net.network_address), s.ipvs.port)
+            if world.usable(vs) >= s.ipvs.min_healthy:
+                served = True
+        if owners and not served:
+            problems.append(f"{prefix} announced without min_healthy real servers")
+    return problems
+
+
+@dataclass
+class Harness:
+    """The executor: plan, run steps in order, stop at the first failure."""
+
+    config: Config
+    states: dict[str, S] = field(default_factory=dict)
+    rs_up: dict[RealServerKey, bool] = field(default_factory=dict)
+    world: World = field(default_factory=World)
+    state: ControllerState = field(default_factory=ControllerState)
+    now: float = 100.0
+    shutdown: bool = False
+    last: Plan | None = None
+
+    def plan(self) -> Plan:
+        desired = compute(self.config, self.states, self.rs_up)
+        return plan(self.state, desired, self.world.observe(), self.now, shutdown=self.shutdown)
+
+    def tick(self, failure: Failure | None = None) -> Plan:
+        """One pass; checks the invariant after every step (a crash may stop anywhere).
+
+        A world broken from outside (an address or virtual service removed by someone else)
+        may stay broken only while the repairing step fails: a pass never adds a violation,
+        opens with the withdraw when there is one, and leaves none after a step that worked.
+        """
+        before = set(violations(self.config, self.world))
+        result = self.plan()
+        self.state = result.state
+        self.last = result
+        if before:
+            assert isinstance(result.steps[0], BgpStep), result.steps
+        for i, step in enumerate(result.steps):
+            fail = failure.cut if failure is not None and failure.step == i else None
+            ok = self.world.run(step, fail)
+            after = set(violations(self.config, self.world))
+            assert after <= before, (i, step, after)
+            assert not ok or not after, (i, step, after)
+            if not ok:
+                break
+        return result
+
+    def converge(self, max_passes: int = 10) -> Plan:
+        for _ in range(max_passes):
+            result = self.tick()
+            if not result.steps:
+                return result
+        raise AssertionError(f"no convergence: {result}")
+
+    def restart(self) -> None:
+        self.state = ControllerState()
+
+
+def config(text: str) -> Config:
+    return loads(text)
+
+
+WEB = f"""
+[services.web]
+prefixes = ["192.0.2.10/32"]
+drain_time = "10s"
+{CHECK}
+[services.web.bgp.up]
+med = 10
+[services.web.ipvs]
+port = 80
+scheduler = "rr"
+min_healthy = 1
+[[services.web.ipvs.real_servers]]
+address = "10.1.0.1"
+weight = 5
+[[services.web.ipvs.real_servers]]
+address = "10.1.0.2"
+weight = 5
+"""
+PREFIX = "192.0.2.10/32"
+VS = VirtualService.tcp("192.0.2.10", 80)
+RS1: RealServerKey = ("web", "10.1.0.1", 80)
+RS2: RealServerKey = ("web", "10.1.0.2", 80)
+UP_ROUTE = Route(PREFIX, Attributes(med=10))
+DEMOTE = Route(PREFIX, Attributes(communities=("65535:0",)))
+
+
+def web(text: str = WEB) -> Harness:
+    h = Harness(config(text))
+    h.states = {"web": S.UP}
+    h.rs_up = {RS1: True, RS2: True}
+    return h
+
+
+def up_web() -> Harness:
+    h = web()
+    h.converge()
+    assert h.world.announced == {UP_ROUTE}
+    return h
+
+
+def kinds(steps: tuple[Step, ...]) -> list[str]:
+    return [type(s).__name__ for s in steps]
+
+
+# --- bring-up -----------------------------------------------------------------------------------
+
+
+def test_bring_up_orders_address_then_ipvs_then_announce() -> None:
+    h = web()
+    result = h.plan()
+    assert result.steps == (
+        LoopbackStep((AddAddress(ipaddress.ip_interface("192.0.2.10/32")),)),
+        IpvsStep(
+            (
+                AddService(
+                    ServiceSpec(
+                        VS,
+                        "rr",
+                        0,
+                        (RealServer("10.1.0.1", 80, 5), RealServer("10.1.0.2", 80, 5)),
+                    )
+                ),
+                AddRealServer(VS, RealServer("10.1.0.1", 80, 5)),
+                AddRealServer(VS, RealServer("10.1.0.2", 80, 5)),
+            )
+        ),
+        BgpStep(frozenset({UP_ROUTE})),
+    )
+    assert result.next_wakeup is None
+
+
+def test_converged_pass_plans_nothing() -> None:
+    h = up_web()
+    writes, changes = h.world.writes, h.world.bgp_changes
+    result = h.tick()
+    assert result.steps == ()
+    assert (h.world.writes, h.world.bgp_changes) == (writes, changes)
+    assert dict(result.phases) == {PREFIX: "announced"}
+
+
+def test_restart_adopts_what_it_finds_without_a_flap() -> None:
+    h = up_web()
+    h.restart()
+    writes, changes = h.world.writes, h.world.bgp_changes
+    assert h.tick().steps == ()
+    assert (h.world.writes, h.world.bgp_changes) == (writes, changes)
+
+
+def test_failed_address_add_stops_the_announce() -> None:
+    h = web()
+    h.tick(Failure(step=0, cut=0))
+    assert h.world.announced == frozenset()
+    assert h.world.ipvs.table == {}
+    h.converge()
+    assert h.world.announced == {UP_ROUTE}
+
+
+def test_not_enough_real_servers_means_no_announce_but_address_and_ipvs_idle() -> None:
+    h = web()
+    h.rs_up = {RS1: False, RS2: False}
+    h.converge()
+    assert h.world.announced == frozenset()
+    assert h.world.host_ips() == {"127.0.0.1", "::1"}
+    assert h.world.usable(VS) == 0
+    assert VS in h.world.ipvs.table
+
+
+def test_failing_real_server_goes_to_weight_zero_while_the_service_stays_up() -> None:
+    h = up_web()
+    h.rs_up[RS2] = False
+    result = h.tick()
+    assert result.steps == (IpvsStep((EditRealServer(VS, RealServer("10.1.0.2", 80, 0)),)),)
+    assert h.world.announced == {UP_ROUTE}
+
+
+# --- take-down ----------------------------------------------------------------------------------
+
+
+def test_take_down_demotes_waits_drain_time_then_withdraws_then_ipvs_then_address() -> None:
+    h = up_web()
+    h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=3)
+    h.states["web"] = S.DOWN
+    first = h.tick()
+    assert first.steps == (BgpStep(frozenset({DEMOTE})),)
+    assert first.state.drain_since(PREFIX) == 100.0
+    assert first.next_wakeup == 101.0  # connection poll (drain ends at 110)
+    assert dict(first.phases) == {PREFIX: "draining"}
+
+    h.now = 109.9
+    waiting = h.tick()
+    assert waiting.steps == ()
+    assert waiting.next_wakeup == 110.0
+
+    h.now = 110.0
+    last = h.tick()
+    assert kinds(last.steps) == ["BgpStep", "IpvsStep", "LoopbackStep"]
+    assert last.steps[0] == BgpStep(frozenset())
+    assert last.steps[1] == IpvsStep(
+        (
+            EditRealServer(VS, RealServer("10.1.0.1", 80, 0)),
+            EditRealServer(VS, RealServer("10.1.0.2", 80, 0)),
+        )
+    )
+    assert last.steps[2] == LoopbackStep((RemoveAddress(ipaddress.ip_interface(PREFIX)),))
+    assert h.tick().state == ControllerState()  # the withdraw was observed: drain forgotten
+    assert h.tick().steps == ()
+
+
+def test_drain_ends_early_when_active_connections_reach_the_threshold() -> None:
+    h = up_web()
+    h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=2)
+    h.states["web"] = S.MAINTENANCE
+    h.tick()
+    assert h.world.announced == {DEMOTE}
+    h.now = 102.0
+    assert h.tick().steps == ()  # still 2 active connections
+    h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=0, inactive=4)
+    h.now = 103.0
+    assert kinds(h.tick().steps) == ["BgpStep", "IpvsStep", "LoopbackStep"]
+    assert h.world.announced == frozenset()
+
+
+def test_health_back_during_drain_restores_the_route_without_a_withdraw() -> None:
+    h = up_web()
+    h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=1)
+    h.states["web"] = S.DOWN
+    h.tick()
+    h.now = 105.0
+    h.states["web"] = S.UP
+    result = h.tick()
+    assert result.steps == (BgpStep(frozenset({UP_ROUTE})),)
+    assert result.state == ControllerState()
+
+
+def test_down_service_that_was_not_announced_is_not_demoted() -> None:
+    h = web()
+    h.states["web"] = S.DOWN
+    result = h.tick()
+    assert not any(isinstance(s, BgpStep) for s in result.steps)
+    assert result.state == ControllerState()
+
+
+def test_too_few_real_servers_keep_their_weights_until_the_withdraw() -> None:
+    text = WEB.replace("min_healthy = 1", "min_healthy = 2")
+    h = web(text=text)
+    h.converge()
+    h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=1)
+    h.rs_up[RS2] = False  # effective DOWN: demote, and the dead server keeps weight 5
+    assert h.tick().steps == (BgpStep(frozenset({DEMOTE})),)
+    assert h.world.usable(VS) == 2
+    h.now = 110.0
+    h.tick()
+    assert h.world.announced == frozenset()
+    assert h.world.usable(VS) == 0
+
+
+def test_failed_withdraw_is_retried_and_nothing_is_removed_meanwhile() -> None:
+    h = up_web()
+    h.states["web"] = S.DOWN
+    h.tick()
+    h.now = 111.0
+    h.tick(Failure(step=0, cut=0))
+    assert h.world.announced == {DEMOTE}
+    assert h.world.usable(VS) == 2
+    assert "192.0.2.10" in h.world.host_ips()
+    result = h.tick()
+    assert result.steps[0] == BgpStep(frozenset())  # no second drain
+    assert h.world.announced == frozenset()
+
+
+def test_announced_prefix_whose_address_vanished_is_withdrawn_before_repair() -> None:
+    h = up_web()
+    h.world.lo.addresses = {a for a in h.world.lo.addresses if str(a.ip) != "192.0.2.10"}
+    result = h.tick()
+    assert kinds(result.steps) == ["BgpStep", "LoopbackStep", "BgpStep"]
+    assert result.steps[0] == BgpStep(frozenset())
+    assert h.world.announced == {UP_ROUTE}
+
+
+def test_foreign_address_counts_as_present_and_is_never_removed() -> None:
+    h = web()
+    h.world.lo.add_foreign("192.0.2.10/32")
+    h.converge()
+    assert h.world.announced == {UP_ROUTE}
+    assert h.world.lo.history == []
+    h.states["web"] = S.DISABLED
+    h.now = 200.0
+    h.converge()
+    h.now = 300.0
+    h.converge()
+    assert h.world.announced == frozenset()
+    assert "192.0.2.10" in h.world.host_ips()
+    assert VS not in h.world.ipvs.table  # disabled: no virtual service
+
+
+def test_prefix_removed_from_config_is_withdrawn_then_cleaned_up() -> None:
+    h = up_web()
+    h.config = config(f'[services.other]\nprefixes = ["192.0.2.99/32"]\n{CHECK}\n')
+    h.states = {"other": S.DOWN}
+    result = h.tick()
+    assert kinds(result.steps) == ["BgpStep", "IpvsStep", "LoopbackStep"]
+    assert result.steps[1] == IpvsStep((DeleteService(VS),))
+    assert h.world.announced == frozenset()
+    assert h.world.ipvs.table == {}
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+
+
+def test_shutdown_withdraw_goes_at_once_in_order() -> None:
+    h = web(text=WEB.replace('drain_time = "10s"', 'drain_time = "10s"\nshutdown = "withdraw"'))
+    h.converge()
+    h.shutdown = True
+    result = h.tick()
+    assert kinds(result.steps) == ["BgpStep", "IpvsStep", "LoopbackStep"]
+    assert result.steps[1] == IpvsStep((DeleteService(VS),))
+    assert not result.shutdown_complete
+    assert h.tick().shutdown_complete
+
+
+def test_shutdown_drain_then_withdraw_waits_drain_time() -> None:
+    h = up_web()
+    h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=1)
+    h.shutdown = True
+    first = h.tick()
+    assert first.steps == (BgpStep(frozenset({DEMOTE})),)
+    assert not first.shutdown_complete
+    h.now = 110.0
+    h.tick()
+    done = h.tick()
+    assert done.steps == ()
+    assert done.shutdown_complete
+    assert h.world.ipvs.table == {}
+    assert h.world.host_ips() == {"127.0.0.1", "::1"}
+
+
+def test_shutdown_keep_leaves_everything_as_is() -> None:
+    h = web(text=WEB.replace('drain_time = "10s"', 'drain_time = "10s"\nshutdown = "keep"'))
+    h.converge()
+    h.shutdown = True
+    h.states["web"] = S.DOWN  # even a state change does not matter any more
+    writes = h.world.writes
+    result = h.tick()
+    assert result.steps == ()
+    assert result.shutdown_complete
+    assert h.world.writes == writes
+    assert h.world.announced == {UP_ROUTE}
+
+
+# --- shared prefixes ----------------------------------------------------------------------------
+
+
+SHARED = f"""
+[services.a]
+prefixes = ["192.0.2.30/32"]
+shared_prefixes = true
+drain_time = "0s"
+{CHECK}
+[services.a.bgp.up]
+med = 1
+[services.b]
+prefixes = ["192.0.2.30/32"]
+shared_prefixes = true
+drain_time = "0s"
+{CHECK}
+[services.b.bgp.up]
+med = 2
+"""
+
+
+def test_shared_prefix_stays_announced_while_any_owner_is_up() -> None:
+    h = Harness(config(SHARED), states={"a": S.UP, "b": S.UP})
+    h.converge()
+    assert h.world.announced == {Route("192.0.2.30/32", Attributes(med=1))}
+    h.states["a"] = S.DOWN
+    result = h.tick()
+    assert result.steps == (BgpStep(frozenset({Route("192.0.2.30/32", Attributes(med=2))})),)
+    h.states["b"] = S.DOWN
+    h.converge()
+    assert h.world.announced == frozenset()
+    assert "192.0.2.30" not in h.world.host_ips()
+
+
+# --- reading the speaker back -------------------------------------------------------------------
+
+
+SETTINGS = BgpSettings(
+    router_id="192.0.2.1",
+    local_as=65001,
+    neighbors=(Neighbor("10.0.0.1", 65000, name="r1"), Neighbor("10.0.0.2", 65000, name="r2")),
+)
+
+
+def test_routes_from_rib_returns_the_hint_that_resolves_to_the_same_entries() -> None:
+    hint = Route(PREFIX, Attributes(med=10, communities=("65535:0",)), ("r1",))
+    rib = bgp_plan.resolve([hint], SETTINGS)
+    assert routes_from_rib(rib, SETTINGS, [UP_ROUTE, hint]) == {hint}
+
+
+def test_routes_from_rib_rebuilds_unknown_prefixes_per_attribute_set() -> None:
+    rib: Mapping[bgp_plan.RibKey, bgp_plan.ResolvedAttributes] = {
+        ("10.0.0.1", PREFIX): bgp_plan.ResolvedAttributes("self", med=5),
+        ("10.0.0.2", PREFIX): bgp_plan.ResolvedAttributes("self", med=7),
+    }
+    routes = routes_from_rib(rib, SETTINGS, [UP_ROUTE])
+    assert routes == {
+        Route(PREFIX, Attributes(med=5), ("10.0.0.1",)),
+        Route(PREFIX, Attributes(med=7), ("10.0.0.2",)),
+    }
+    assert bgp_plan.resolve(routes, SETTINGS) == rib
+
+
+# --- the safety net behind the order ----------------------------------------------------------
+
+
+def test_backend_swap_cut_short_never_leaves_the_prefix_without_a_server() -> None:
+    h = web()
+    h.rs_up = {RS1: True, RS2: False}
+    h.converge()
+    h.rs_up = {RS1: False, RS2: True}
+    # the batch stops after its first action: it must be the one that adds capacity
+    result = h.tick(Failure(step=0, cut=1))  # tick asserts the invariant after the step
+    assert result.steps == (
+        IpvsStep(
+            (
+                EditRealServer(VS, RealServer("10.1.0.2", 80, 5)),
+                EditRealServer(VS, RealServer("10.1.0.1", 80, 0)),
+            )
+        ),
+    )
+    assert h.world.usable(VS) == 2
+
+
+def test_broken_prefix_being_taken_down_is_withdrawn_without_a_demote() -> None:
+    h = up_web()
+    h.world.ipvs.table.clear()  # someone flushed IPVS
+    h.states["web"] = S.DOWN
+    result = h.tick()
+    assert result.steps[0] == BgpStep(frozenset())
+    assert result.state == ControllerState()
+
+
+def test_announce_waits_for_the_guards_even_if_desired_disagrees() -> None:
+    h = web()
+    desired = compute(h.config, h.states, h.rs_up)
+    svc = desired.service("web")
+    assert svc is not None
+    starved = dataclasses.replace(
+        desired,
+        services=(dataclasses.replace(svc, live=svc.idle),),
+    )
+    result = plan(ControllerState(), starved, h.world.observe(), 0.0)
+    assert kinds(result.steps) == ["LoopbackStep", "IpvsStep"]
+    assert dict(result.phases) == {PREFIX: "withdrawn"}
+
+
+def test_shutdown_keeps_the_backends_of_a_kept_shared_prefix() -> None:
+    text = f"""
+[services.a]
+prefixes = ["192.0.2.30/32"]
+shared_prefixes = true
+shutdown = "withdraw"
+{CHECK}
+[services.a.ipvs]
+port = 80
+[[services.a.ipvs.real_servers]]
+address = "10.1.0.1"
+[services.b]
+prefixes = ["192.0.2.30/32"]
+shared_prefixes = true
+shutdown = "keep"
+{CHECK}
+"""
+    h = Harness(config(text), states={"a": S.UP, "b": S.DOWN}, rs_up={("a", "10.1.0.1", 80): True})
+    h.converge()
+    h.shutdown = True
+    result = h.tick()
+    assert result.steps == ()
+    assert result.shutdown_complete
+    assert VirtualService.tcp("192.0.2.30", 80) in h.world.ipvs.table
+
+
+def test_observed_rib_read_back_with_desired_hints_plans_nothing() -> None:
+    h = up_web()
+    settings = BgpSettings(router_id="192.0.2.1", local_as=65001, neighbors=SETTINGS.neighbors)
+    desired = compute(h.config, h.states, h.rs_up)
+    rib = bgp_plan.resolve(h.world.announced, settings)
+    observed = dataclasses.replace(
+        h.world.observe(), announced=routes_from_rib(rib, settings, desired.route_hints)
+    )
+    assert plan(ControllerState(), desired, observed, 0.0).steps == ()
