@@ -1,0 +1,5 @@
+"""Fakes and a fake clock for tests of anycastd and of code built on it.
+
+Each fake behaves like its real counterpart, error cases included (``FakeLoopback``,
+``FakeIpvs``, ``FakeSpeaker``, ``FakeClock``); import them from their modules.
+"""
