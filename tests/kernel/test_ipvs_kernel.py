@@ -314,7 +314,7 @@ def test_apply_is_idempotent(ipvs: IpvsNetlink) -> None:
 
 def test_pyroute2_update_command_deletes_the_service(ipvs: IpvsNetlink) -> None:
     """Contract: pyroute2 0.9.7 maps "update" to IPVS_CMD_DEL_SERVICE; we must use "set"."""
-    from pyroute2 import IPVS, IPVSService  # noqa: PLC0415
+    from pyroute2 import IPVS, IPVSService
 
     sh("ipvsadm", "-A", "-t", "10.9.9.9:80", "-s", "rr")
     with IPVS() as raw:

@@ -80,7 +80,8 @@ def veth(a: Netns, a_addr: str, b: Netns, b_addr: str) -> tuple[str, str]:
          "netns", b.name])
     for ns, ifname, addr in ((a, ifa, a_addr), (b, ifb, b_addr)):
         family = "-6" if ":" in addr else "-4"
-        ns.exec(["ip", family, "addr", "add", addr, "dev", ifname, *(["nodad"] if ":" in addr else [])])
+        nodad = ["nodad"] if ":" in addr else []
+        ns.exec(["ip", family, "addr", "add", addr, "dev", ifname, *nodad])
         ns.exec(["ip", "link", "set", ifname, "up"])
     return ifa, ifb
 
