@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         "--for", dest="duration", metavar="DURATION", default=None,
         help='stop by itself after DURATION (e.g. "30s"); for demos and soak tests',
     )
+    run.add_argument(
+        "--dry-run", action="store_true",
+        help="run checks and plan every change, log it, but change nothing on this node "
+        "(no addresses, no IPVS, no BGP)",
+    )
 
     check = sub.add_parser("check-config", help="validate the configuration and summarise it")
     with_config(check)
@@ -123,6 +128,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from anycastd.durations import DurationError, parse_duration
     from anycastd.engine.daemon import run_daemon
+    from anycastd.engine.world import build_world, dry_run_world
 
     duration: float | None = None
     if args.duration is not None:
@@ -131,7 +137,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except DurationError as exc:
             raise UsageError(f"--for: {exc}") from None
     config = load(args.config)
-    return asyncio.run(run_daemon(config, config_path=args.config, duration=duration))
+    world = dry_run_world if args.dry_run else build_world
+    return asyncio.run(
+        run_daemon(config, config_path=args.config, duration=duration, world_factory=world)
+    )
 
 
 def _api_address(config: Config) -> tuple[str, int]:

@@ -19,6 +19,7 @@ from aiohttp import web
 from anycastd.config import loads
 from anycastd.core.health import Event, ServiceTransition
 from anycastd.engine.daemon import Daemon
+from anycastd.engine.world import dry_run_world
 from anycastd.observe.logs import configure as configure_logging
 
 DEMO_CONFIG = """
@@ -38,6 +39,7 @@ timeout = "300ms"
 jitter = "50ms"
 rise = 2
 fall = 2
+drain_time = "1s"
   [[services.demo-web.checks]]
   name = "port-open"
   type = "tcp"
@@ -94,7 +96,7 @@ async def run_demo() -> int:
                     f"{ev.new.value.upper()}: this node would withdraw")
                 _say(f"service demo-web is {word} 192.0.2.80/32 ({ev.reason})")
 
-    daemon = Daemon(config, None, observers=[observe])
+    daemon = Daemon(config, None, observers=[observe], world_factory=dry_run_world)
     _say(f"a web service listens on 127.0.0.1:{port}; anycastd checks it every 500 ms "
          "(rise 2, fall 2) and starts it DOWN until proven healthy")
     task = asyncio.create_task(daemon.run())

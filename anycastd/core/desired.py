@@ -68,6 +68,7 @@ from anycastd.actuators.ipvs import RealServer, ServiceSpec, VirtualService
 from anycastd.actuators.loopback import HostAddress
 from anycastd.bgp.model import Attributes, Route
 from anycastd.config import BgpStateAttrs, Config, IpvsConfig, ServiceConfig
+from anycastd.config import RealServer as ConfigRealServer
 from anycastd.core.health import ServiceState
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "ShutdownPolicy",
     "compute",
     "effective_state",
+    "real_server_key",
     "route_for",
 ]
 
@@ -267,6 +269,12 @@ def _virtual_services(svc: ServiceConfig) -> dict[str, tuple[VirtualService, ...
                 sorted(own[str(h)] for h in hosts if h.version == net.version)
             )
     return out
+
+
+def real_server_key(svc: ServiceConfig, rs: ConfigRealServer) -> RealServerKey:
+    """The key :func:`compute` looks real-server health up by."""
+    assert svc.ipvs is not None  # noqa: S101 -- only called for services with IPVS
+    return (svc.name, str(rs.address), _rs_port(svc.ipvs, rs.port))
 
 
 def _rs_port(ipvs: IpvsConfig, port: int | None) -> int:

@@ -1,8 +1,14 @@
 """``anycastd run``: the daemon's asyncio shell.
 
 Owns the process lifecycle: signals are events (a handler only sets a flag; this module does
-the ordered work), every task lives in one TaskGroup owned by :func:`run_daemon`, and the
-health of each service lives in the :class:`~anycastd.engine.scheduler.Scheduler`.
+the ordered work), every task lives in one TaskGroup owned by :func:`run_daemon`. The health
+of each service lives in a :class:`~anycastd.engine.scheduler.Scheduler`, real servers'
+health in a second one (``engine.backends``); every health edge pokes the
+:class:`~anycastd.engine.controller.Controller`, the only writer to the kernel and to BGP.
+
+Stop (SIGTERM/SIGINT): the controller applies each service's shutdown policy in the safe
+order (demote, drain, withdraw, IPVS, addresses), then the speaker stops (a managed ExaBGP
+ends with it), then the process exits 0.
 
 Reload (SIGHUP): the new config is validated first; an invalid one is logged with every
 problem and the old one keeps running. A valid one replaces the scheduler; services whose
@@ -20,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from anycastd.actuators.errors import ActuatorError
+from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
 from anycastd.config import Config, ConfigError, ServiceConfig, load_config
 from anycastd.core.health import (
     CheckParams,
@@ -32,16 +40,20 @@ from anycastd.core.health import (
     Reused,
     ServiceHealth,
     ServiceParams,
+    ServiceState,
     ServiceTransition,
 )
+from anycastd.engine.backends import Backends
+from anycastd.engine.controller import Controller, settled
 from anycastd.engine.probes import build_probe
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
+from anycastd.engine.world import World, WorldFactory, build_world
 from anycastd.errors import StartupError
 from anycastd.observe.api import ApiServer, FlagKind, create_app
 from anycastd.observe.logs import configure as configure_logging
 from anycastd.observe.logs import event
 from anycastd.observe.metrics import Metrics
-from anycastd.observe.status import build_status
+from anycastd.observe.status import PeerTracker, build_status
 from anycastd.observe.systemd import Notifier
 
 log = logging.getLogger("anycastd")
@@ -129,8 +141,27 @@ class _Flags:
     draining: bool = False
 
 
+def startup_hold(config: Config) -> float:
+    """How long the controller waits for health to settle before its first pass: the
+    longest time any check needs to prove itself (staggered first run + rise results)."""
+    hold = 0.0
+    for svc in config.services.values():
+        checks = list(svc.checks)
+        if svc.ipvs is not None:
+            checks += [c for rs in svc.ipvs.real_servers for c in rs.checks]
+        for c in checks:
+            hold = max(hold, c.interval + c.rise * (c.interval + c.timeout + c.jitter))
+    return hold + 1.0
+
+
+def shutdown_limit(config: Config) -> float:
+    """The longest a stop may take: the longest drain, plus time for the writes."""
+    drains = [s.drain_time for s in config.services.values() if s.shutdown != "withdraw"]
+    return max(drains, default=0.0) + 15.0
+
+
 class Daemon:
-    """The running daemon. ``on_events`` observers see every engine event after logging."""
+    """The running daemon. ``observers`` see every engine event after logging."""
 
     def __init__(
         self,
@@ -141,6 +172,7 @@ class Daemon:
         notifier: Notifier | None = None,
         observers: Sequence[Callable[[Sequence[Event]], None]] = (),
         metrics: Metrics | None = None,
+        world_factory: WorldFactory = build_world,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -148,15 +180,22 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.metrics = metrics if metrics is not None else Metrics()
         self._observers = [*observers, self.metrics.observe_events]
+        self._world_factory = world_factory
         self._scheduler: Scheduler | None = None
+        self._rs_scheduler: Scheduler | None = None
+        self._backends = Backends(config)
         self._sched_task: asyncio.Task[None] | None = None
         self._api: ApiServer | None = None
+        self.world: World | None = None
+        self.controller: Controller | None = None
+        self.peers = PeerTracker()
         # Operator flags set through the API; a flag file OR an API flag turns a state on.
         self._api_flags: dict[str, _Flags] = {}
         self._wake = asyncio.Event()  # set by a stop or reload request (signal handlers)
         self._stopping = False
         self._reload_requested = False
         self.reload_ok: bool | None = None
+        self.shutdown_complete: bool | None = None
 
     @property
     def scheduler(self) -> Scheduler:
@@ -172,19 +211,69 @@ class Daemon:
         self._reload_requested = True
         self._wake.set()
 
+    # ---- events
+
     def _on_events(self, events: Sequence[Event]) -> None:
         log_events(events)
         for observer in self._observers:
             observer(events)
+        if self.controller is not None and any(
+            isinstance(ev, ServiceTransition) for ev in events
+        ):
+            self.controller.poke()
+
+    def _on_rs_events(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, ServiceTransition):
+                event(log, "real_server_transition", real_server=ev.service,
+                      old=ev.old.value, new=ev.new.value, reason=ev.reason)
+                if self.controller is not None:
+                    self.controller.poke()
+            elif isinstance(ev, CheckTransition):
+                event(log, "check_transition", real_server=ev.service, check=ev.check,
+                      old=ev.old.value, new=ev.new.value, reason=ev.reason)
+
+    def _on_peer(self, peer: PeerState) -> None:
+        self.metrics.set_peer(peer.name or peer.address, peer.up)
+        self.peers.update(peer, self.clock.now())
+        if self.controller is not None:
+            self.controller.poke()
 
     def _specs(self) -> list[CheckSpec]:
         return [spec for svc in self.config.services.values() for spec in check_specs(svc)]
 
+    def _states(self) -> dict[str, ServiceState]:
+        return {name: h.state for name, h in self.scheduler.services.items()}
+
+    def _rs_health(self) -> Mapping[str, ServiceHealth]:
+        return self._rs_scheduler.services if self._rs_scheduler is not None else {}
+
+    def _ready(self) -> bool:
+        return settled(self.scheduler.services) and settled(self._rs_health())
+
     # ---- status API callbacks
 
     def status(self) -> dict[str, object]:
+        now = self.clock.now()
+        extra: dict[str, object] = {}
+        announced: dict[str, list[str]] | None = None
+        if self.config.bgp is not None:
+            extra["bgp"] = self.peers.section(now)
+        ctl = self.controller
+        if ctl is not None and ctl.last_observed is not None:
+            routes = {r.prefix for r in ctl.last_observed.announced}
+            announced = {
+                name: sorted(str(p) for p in svc.prefixes if str(p) in routes)
+                for name, svc in self.config.services.items()
+            }
+            if ctl.last_plan is not None:
+                extra["prefixes"] = dict(ctl.last_plan.phases)
+        rs = self._rs_health()
+        if rs:
+            extra["real_servers"] = {n: h.state.value for n, h in sorted(rs.items())}
         return build_status(
-            self.config.global_.node, time.time(), self.scheduler.services, self.clock.now()
+            self.config.global_.node, time.time(), self.scheduler.services, now,
+            extra, announced=announced,
         )
 
     def alive(self) -> bool:
@@ -219,32 +308,68 @@ class Daemon:
         self._api = server
         event(log, "api_listening", url=server.url)
 
+    # ---- lifecycle
+
     async def run(self, duration: float | None = None) -> int:
         now = self.clock.now()
         health = carry_over(None, {}, self.config, now)
+        max_concurrent = self.config.global_.max_concurrent_checks
         self._scheduler = Scheduler(
-            self._specs(),
-            health,
-            clock=self.clock,
-            max_concurrent=self.config.global_.max_concurrent_checks,
-            on_events=self._on_events,
-            on_run=self.metrics.observe_run,
+            self._specs(), health, clock=self.clock, max_concurrent=max_concurrent,
+            on_events=self._on_events, on_run=self.metrics.observe_run,
+        )
+        self._rs_scheduler = Scheduler(
+            self._backends.specs, self._backends.initial({}, now), clock=self.clock,
+            max_concurrent=max_concurrent, on_events=self._on_rs_events,
         )
         self.metrics.sync(health)
         self.metrics.reload(True, time.time())
         for name, h in health.items():
             event(log, "service_start", service=name, state=h.state.value, reason=h.reason)
-        await self._start_api()
+        self.world = world = self._world_factory(self.config, self._on_peer)
+        self.controller = Controller(
+            self.config,
+            loopback=world.loopback,
+            ipvs=world.ipvs,
+            speaker=world.speaker,
+            bgp_settings=world.bgp_settings,
+            states=self._states,
+            real_servers_up=lambda: self._backends.up(self._rs_health()),
+            clock=self.clock,
+            metrics=self.metrics,
+        )
         try:
-            return await self._main_loop(duration)
+            await self._start_api()
+            return await self._main_loop(duration, world, self.controller)
+        except* StartupError as group:
+            raise group.exceptions[0] from None
         finally:
             if self._api is not None:
                 await self._api.stop()
+            world.close()
 
-    async def _main_loop(self, duration: float | None) -> int:
+    async def _run_speaker(self, speaker: ExabgpSpeaker) -> None:
+        try:
+            await speaker.run()
+        except ActuatorError as exc:
+            raise StartupError(f"BGP speaker: {exc.message}") from None
+
+    async def _main_loop(
+        self, duration: float | None, world: World, controller: Controller
+    ) -> int:
         async with asyncio.TaskGroup() as tg:
             self._sched_task = tg.create_task(self.scheduler.run())
-            helpers = [tg.create_task(self._watch_flags()), tg.create_task(self._watchdog())]
+            helpers = [
+                tg.create_task(self._rs_scheduler.run()) if self._rs_scheduler else None,
+                tg.create_task(self._watch_flags()),
+                tg.create_task(self._watchdog()),
+            ]
+            speaker_task = None
+            if isinstance(world.speaker, ExabgpSpeaker):
+                speaker_task = tg.create_task(self._run_speaker(world.speaker))
+            ctl_task = tg.create_task(
+                controller.run(ready=self._ready, startup_hold=startup_hold(self.config))
+            )
             if duration is not None:
                 helpers.append(tg.create_task(self._stop_after(duration)))
             event(log, "started", node=self.config.global_.node,
@@ -257,20 +382,31 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
-                    self._do_reload()
+                    await self._do_reload()
             self.notifier.stopping()
-            event(log, "stopping")
+            event(log, "stopping", limit=shutdown_limit(self.config))
+            ctl_task.cancel()
+            try:
+                self.shutdown_complete = await controller.shutdown(shutdown_limit(self.config))
+            except ActuatorError as exc:
+                self.shutdown_complete = False
+                event(log, "shutdown_error", level=logging.ERROR, error=str(exc))
+            if not self.shutdown_complete:
+                event(log, "shutdown_incomplete", level=logging.ERROR,
+                      detail="the shutdown policy did not finish in time; exiting anyway")
             # Cancelled children end quietly; the TaskGroup waits for their finally blocks.
-            for task in (self._sched_task, *helpers):
-                task.cancel()
-        event(log, "stopped")
+            # The speaker goes last: a managed ExaBGP ends with it and its sessions close.
+            for task in (self._sched_task, *helpers, speaker_task):
+                if task is not None:
+                    task.cancel()
+        event(log, "stopped", shutdown_complete=self.shutdown_complete)
         return 0
 
     async def _stop_after(self, duration: float) -> None:
         await asyncio.sleep(duration)
         self.request_stop()
 
-    def _do_reload(self) -> None:
+    async def _do_reload(self) -> None:
         self.notifier.reloading()
         path = self.config_path
         if path is None:  # a config built in memory (demo, tests) has nothing to re-read
@@ -279,27 +415,59 @@ class Daemon:
         try:
             new = load_config(path)
         except ConfigError as exc:
-            self.metrics.reload(False, time.time())
-            event(log, "reload_rejected", level=logging.ERROR, config=str(path),
-                  problems=len(exc.issues), detail=str(exc))
-            self.notifier.ready("reload rejected; running the previous config")
+            self._reject(path, len(exc.issues), str(exc))
             return
+        world = self.world
+        if (new.bgp is None) != (self.config.bgp is None) or (
+            new.global_.interface != self.config.global_.interface
+        ):
+            self._reject(path, 1, "adding or removing [bgp] or changing global.interface "
+                         "needs a restart")
+            return
+        if world is not None and isinstance(world.speaker, ExabgpSpeaker) and new.bgp:
+            from anycastd.engine.world import bgp_settings
+
+            settings = bgp_settings(new.bgp)
+            try:
+                await world.speaker.update_settings(settings)
+            except ActuatorError as exc:
+                self._reject(path, 1, f"[bgp]: {exc.message}")
+                return
+            world.bgp_settings = settings
+            if self.controller is not None:
+                self.controller.bgp_settings = settings
         changed = sorted(
             n for n in set(new.services) | set(self.config.services)
             if new.services.get(n) != self.config.services.get(n)
         )
-        health = carry_over(self.config, self.scheduler.services, new, self.clock.now())
+        now = self.clock.now()
+        health = carry_over(self.config, self.scheduler.services, new, now)
         old_config, self.config = self.config, new
         self.scheduler.reload(self._specs(), health)
+        self._backends = Backends(new)
+        if self._rs_scheduler is not None:
+            self._rs_scheduler.reload(
+                self._backends.specs, self._backends.initial(self._rs_health(), now)
+            )
         self._api_flags = {k: v for k, v in self._api_flags.items() if k in new.services}
         self.metrics.sync(health)
         self.metrics.reload(True, time.time())
+        self.reload_ok = True
+        if self.controller is not None:
+            self.controller.reconfigure(new)
         if new.api != old_config.api:
             event(log, "api_change_needs_restart", level=logging.WARNING,
                   detail="[api] changed; the listener changes at the next restart")
         event(log, "reloaded", config=str(path), changed=changed,
               unchanged=len(new.services) - len([n for n in changed if n in new.services]))
         self.notifier.ready(f"{len(new.services)} services")
+
+    def _reject(self, path: Path, problems: int, detail: str) -> None:
+        self.reload_ok = False
+        self.metrics.reload(False, time.time())
+        event(log, "reload_rejected", level=logging.ERROR, config=str(path),
+              problems=problems, detail=detail)
+        self.notifier.ready("reload rejected; running the previous config")
 
     async def _watch_flags(self) -> None:
         while True:
@@ -335,10 +503,16 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-async def run_daemon(config: Config, *, config_path: Path | None, duration: float | None) -> int:
+async def run_daemon(
+    config: Config,
+    *,
+    config_path: Path | None,
+    duration: float | None,
+    world_factory: WorldFactory = build_world,
+) -> int:
     """Entry point of ``anycastd run``: logging, signals, then the daemon until stopped."""
     configure_logging(config.global_.log_format, config.global_.log_level)
-    daemon = Daemon(config, config_path)
+    daemon = Daemon(config, config_path, world_factory=world_factory)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)

@@ -53,6 +53,7 @@ timeout = "100ms"
 jitter = "0s"
 rise = 1
 fall = 1
+shutdown = "withdraw"
 [[services.web.checks]]
 type = "tcp"
 host = "127.0.0.1"
@@ -151,7 +152,7 @@ def test_run_logs_transitions_reloads_on_sighup_and_exits_0_on_sigterm(tmp_path:
         port = listener.getsockname()[1]
         cfg = write(tmp_path / "anycastd.toml", SERVICE.format(port=port))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "anycastd", "run", "-c", str(cfg)],
+            [sys.executable, "-m", "anycastd", "run", "--dry-run", "-c", str(cfg)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -203,7 +204,7 @@ def test_status_and_maintenance_through_the_api_of_a_running_daemon(tmp_path: Pa
             f'[api]\nlisten = "127.0.0.1:{api_port}"\n' + API_SERVICE.format(port=port),
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "anycastd", "run", "-c", str(cfg)],
+            [sys.executable, "-m", "anycastd", "run", "--dry-run", "-c", str(cfg)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -222,7 +223,7 @@ def test_status_and_maintenance_through_the_api_of_a_running_daemon(tmp_path: Pa
             assert "maintenance" in table.stdout
             assert run_cli("maintenance", "-c", str(cfg), "nope", "on").returncode == 64
             # A second daemon cannot bind the same API port: exit 69, no traceback.
-            second = run_cli("run", "-c", str(cfg), "--for", "1s")
+            second = run_cli("run", "--dry-run", "-c", str(cfg), "--for", "1s")
             assert second.returncode == 69
             assert "api.listen" in second.stderr
             assert "Traceback" not in second.stderr

@@ -1,0 +1,296 @@
+"""The reconcile loop: health verdicts -> desired state -> ordered actuator steps.
+
+Rule: the only caller of the actuators' ``apply`` and of ``Speaker.set_routes``. Every pass
+observes the world (kernel addresses, IPVS table, the speaker's RIB-out), computes the
+desired state from the current health (pure, ``core.desired``), plans (pure, ``core.plan``)
+and runs the steps in order, stopping at the first failure. A failure never marks anything
+done: the next pass observes again and plans again (the planner's state advances only from
+observation). Passes run on every health edge (``poke``), when the planner asks to be woken
+(a drain ending), after a failure (transient: exponential backoff; permanent: the reconcile
+interval, so an operator's fix is picked up without a tight loop), and on the reconcile
+timer (drift repair: a hand-removed address comes back).
+
+Start-up adoption: the first pass waits until every service's health is *settled* (each
+check either up, or down with at least one failed result), capped by ``startup_hold``, so a
+restart of anycastd with healthy services finds them UP before it plans anything: no
+withdraw/announce flap, no address or weight churn.
+
+Blocking actuators (netlink) run in a worker thread, one call at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from anycastd.actuators.errors import ActuatorError
+from anycastd.actuators.ipvs import IpvsActuator, IpvsObserved, VirtualService
+from anycastd.actuators.loopback import LoopbackActuator, LoopbackObserved
+from anycastd.bgp import plan as bgp_plan
+from anycastd.bgp.model import BgpSettings, Route
+from anycastd.config import Config
+from anycastd.core.desired import Desired, RealServerKey, compute
+from anycastd.core.health import ServiceState
+from anycastd.core.plan import (
+    BgpStep,
+    ControllerState,
+    IpvsStep,
+    LoopbackStep,
+    Observed,
+    Plan,
+    Step,
+    plan,
+    routes_from_rib,
+)
+from anycastd.engine.scheduler import Clock
+from anycastd.observe.logs import event
+from anycastd.observe.metrics import Metrics
+
+log = logging.getLogger("anycastd.controller")
+
+#: Passes in a row without a wait; a world that never converges is retried with backoff.
+MAX_PASSES = 8
+
+
+class RouteSpeaker(Protocol):
+    """What the controller needs of a speaker: take a route set, show its RIB-out."""
+
+    async def set_routes(self, routes: Iterable[Route]) -> None: ...
+
+    @property
+    def sent(self) -> Mapping[bgp_plan.RibKey, bgp_plan.ResolvedAttributes]: ...
+
+
+class NullSpeaker:
+    """No ``[bgp]`` section: routes go nowhere, but the planner still sees what it 'sent'."""
+
+    def __init__(self) -> None:
+        self.routes: frozenset[Route] = frozenset()
+
+    async def set_routes(self, routes: Iterable[Route]) -> None:
+        self.routes = frozenset(routes)
+
+
+@dataclass
+class _Backoff:
+    base: float = 0.5
+    cap: float = 30.0
+    failures: int = 0
+
+    def next(self, rng: random.Random) -> float:
+        delay = min(self.cap, self.base * 2**self.failures)
+        self.failures += 1
+        return float(delay * rng.uniform(0.8, 1.0))
+
+
+def settled(states: Mapping[str, object]) -> bool:
+    """True when every service's health says something (see the module docstring)."""
+    for health in states.values():
+        if getattr(health, "state", None) is not ServiceState.DOWN:
+            continue
+        for check in getattr(health, "checks", ()):
+            if check.state.value == "down" and check.run_ok is not False:
+                return False
+    return True
+
+
+class Controller:
+    """Drives loopback, IPVS and BGP from health. Construct, then ``await run()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        loopback: LoopbackActuator,
+        ipvs: IpvsActuator | None,
+        speaker: RouteSpeaker | NullSpeaker,
+        bgp_settings: BgpSettings | None,
+        states: Callable[[], Mapping[str, ServiceState]],
+        real_servers_up: Callable[[], Mapping[RealServerKey, bool]],
+        clock: Clock,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+        drain_connections: int = 0,
+    ) -> None:
+        self.config = config
+        self.loopback = loopback
+        self.ipvs = ipvs
+        self.speaker = speaker
+        self.bgp_settings = bgp_settings
+        self._states = states
+        self._rs_up = real_servers_up
+        self.clock = clock
+        self.metrics = metrics
+        self._rng = rng or random.Random()  # noqa: S311  # backoff jitter only
+        self.drain_connections = drain_connections
+        self.state = ControllerState()
+        self.last_plan: Plan | None = None
+        self.last_observed: Observed | None = None
+        self.passes = 0
+        self._wake = asyncio.Event()
+        self._backoff = _Backoff()
+        self._retry_at: float | None = None
+        self._hints: frozenset[Route] = frozenset()
+        self._last_routes: frozenset[Route] = frozenset()  # last set handed to the speaker
+
+    # ---- inputs
+
+    def poke(self) -> None:
+        """A health edge, a reload or an operator flag: plan again soon."""
+        self._wake.set()
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.poke()
+
+    # ---- observation
+
+    async def observe(self, desired: Desired) -> Observed:
+        lo: LoopbackObserved = await asyncio.to_thread(self.loopback.observe)
+        ipvs_obs = IpvsObserved()
+        owned: frozenset[VirtualService] = frozenset()
+        if self.ipvs is not None:
+            ipvs_obs = await asyncio.to_thread(self.ipvs.observe)
+            owned = self.ipvs.owned()
+        if isinstance(self.speaker, NullSpeaker) or self.bgp_settings is None:
+            announced = self._last_routes
+        else:
+            announced = routes_from_rib(self.speaker.sent, self.bgp_settings, self._hints)
+        return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned)
+
+    def desired(self) -> Desired:
+        return compute(self.config, self._states(), self._rs_up())
+
+    # ---- one pass
+
+    async def reconcile(self, *, shutdown: bool = False) -> Plan:
+        """Observe, plan and execute until the world converges or a step fails."""
+        result = Plan(self.state, (), None, False, ())
+        for _ in range(MAX_PASSES):
+            desired = self.desired()
+            self._hints = desired.route_hints | self._last_routes
+            observed = await self.observe(desired)
+            result = plan(
+                self.state, desired, observed, self.clock.now(),
+                shutdown=shutdown, drain_connections=self.drain_connections,
+            )
+            self.state = result.state
+            self.last_plan, self.last_observed = result, observed
+            self.passes += 1
+            self._export(desired, observed)
+            if not result.steps:
+                self._backoff.failures = 0
+                self._retry_at = None
+                return result
+            try:
+                for step in result.steps:
+                    await self._execute(step)
+            except ActuatorError as exc:
+                self._failed(exc)
+                return result
+        # Still not converged: something keeps undoing our work. Try again later.
+        self._retry_at = self.clock.now() + self._backoff.next(self._rng)
+        event(log, "reconcile_not_converged", level=logging.WARNING, passes=MAX_PASSES)
+        return result
+
+    async def _execute(self, step: Step) -> None:
+        if isinstance(step, BgpStep):
+            before = self.last_observed.announced if self.last_observed else frozenset()
+            held = {r.prefix for r in before}
+            for route in sorted(step.routes - before, key=_route_key):
+                attrs = route.attributes
+                what = "bgp_update" if route.prefix in held else "bgp_announce"
+                event(log, what, prefix=route.prefix, med=attrs.med,
+                      local_preference=attrs.local_preference,
+                      communities=list(attrs.communities), prepend=attrs.as_path_prepend)
+            for prefix in sorted(held - {r.prefix for r in step.routes}):
+                event(log, "bgp_withdraw", prefix=prefix)
+            await self.speaker.set_routes(step.routes)
+            self._last_routes = step.routes
+            self._count("exabgp", 1)
+        elif isinstance(step, LoopbackStep):
+            for a in step.actions:
+                event(log, "loopback", action=str(a))
+            await asyncio.to_thread(self.loopback.apply, list(step.actions))
+            self._count("loopback", len(step.actions))
+        elif isinstance(step, IpvsStep):
+            if self.ipvs is None:
+                return
+            for ia in step.actions:
+                event(log, "ipvs", action=repr(ia))
+            await asyncio.to_thread(self.ipvs.apply, list(step.actions))
+            self._count("ipvs", len(step.actions))
+
+    def _count(self, actuator: str, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.actuator_writes(actuator, n)
+
+    def _failed(self, exc: ActuatorError) -> None:
+        if self.metrics is not None:
+            self.metrics.actuator_failed(exc)
+        if exc.transient:
+            delay = self._backoff.next(self._rng)
+        else:
+            delay = self.config.global_.reconcile_interval
+        self._retry_at = self.clock.now() + delay
+        event(log, "actuator_error", level=logging.ERROR, actuator=exc.actuator,
+              transient=exc.transient, error=exc.message, retry_in=round(delay, 3))
+
+    def _export(self, desired: Desired, observed: Observed) -> None:
+        if self.metrics is None:
+            return
+        announced = {r.prefix for r in observed.announced}
+        for svc in desired.services:
+            self.metrics.set_announced(
+                svc.name, [p for p in svc.prefixes if p in announced], configured=svc.prefixes
+            )
+
+    # ---- the loop
+
+    def _next_wake(self) -> float:
+        now = self.clock.now()
+        candidates = [now + self.config.global_.reconcile_interval]
+        if self.last_plan is not None and self.last_plan.next_wakeup is not None:
+            candidates.append(self.last_plan.next_wakeup)
+        if self._retry_at is not None:
+            candidates.append(self._retry_at)
+        return min(candidates)
+
+    async def _sleep(self, until: float) -> None:
+        """Until ``until`` (on the injected clock) or a poke, whichever first."""
+        with contextlib.suppress(TimeoutError):
+            async with self.clock.timeout_at(until):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def run(self, *, ready: Callable[[], bool], startup_hold: float) -> None:
+        """Reconcile for the daemon's lifetime (cancel to stop; see ``shutdown``)."""
+        deadline = self.clock.now() + startup_hold
+        while not ready() and self.clock.now() < deadline:
+            await self._sleep(min(deadline, self.clock.now() + 0.1))
+        if not ready():
+            event(log, "startup_hold_expired", level=logging.WARNING, hold=startup_hold)
+        event(log, "controller_started")
+        while True:
+            await self.reconcile()
+            await self._sleep(self._next_wake())
+
+    async def shutdown(self, limit: float) -> bool:
+        """Apply every service's shutdown policy in order; True when complete within
+        ``limit`` seconds (drains included)."""
+        deadline = self.clock.now() + limit
+        while self.clock.now() < deadline:
+            result = await self.reconcile(shutdown=True)
+            if result.shutdown_complete:
+                return True
+            await self._sleep(min(deadline, self._next_wake()))
+        return False
+
+
+def _route_key(route: Route) -> str:
+    return route.prefix

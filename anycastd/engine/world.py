@@ -1,0 +1,111 @@
+"""The actuators a daemon drives, built from the config: real ones, or a dry run.
+
+``build_world`` opens the real ones: the loopback actuator on ``global.interface``, IPVS
+when any service declares it, and the ExaBGP speaker when ``[bgp]`` exists (otherwise a
+null speaker that only remembers the route set). ``dry_run_world`` reads the real interface
+once and then works on an in-memory copy: anycastd plans and logs every action as it would,
+and the node is left untouched (``anycastd run --dry-run``, and the demo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anycastd.actuators.errors import ActuatorError, PermanentError
+from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
+from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
+from anycastd.bgp.model import BgpSettings, Neighbor
+from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
+from anycastd.config import BgpConfig, Config
+from anycastd.engine.controller import NullSpeaker
+from anycastd.errors import StartupError
+from anycastd.testing.ipvs import FakeIpvs
+from anycastd.testing.loopback import FakeLoopback
+
+
+@dataclass
+class World:
+    loopback: LoopbackActuator
+    ipvs: IpvsActuator | None
+    speaker: ExabgpSpeaker | NullSpeaker
+    bgp_settings: BgpSettings | None
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+
+WorldFactory = Callable[[Config, Callable[[PeerState], None]], World]
+
+
+def bgp_settings(bgp: BgpConfig) -> BgpSettings:
+    """The speaker's input from the validated ``[bgp]`` section."""
+    return BgpSettings(
+        router_id=str(bgp.router_id) if bgp.router_id is not None else "",
+        local_as=int(bgp.local_as or 0),
+        mode=bgp.mode,
+        exabgp=bgp.exabgp,
+        next_hop=str(bgp.next_hop),
+        graceful_restart=int(bgp.graceful_restart),
+        neighbors=tuple(
+            Neighbor(
+                address=str(n.address),
+                peer_as=n.peer_as,
+                local_address=str(n.local_address) if n.local_address is not None else None,
+                name=n.name,
+                hold_time=int(n.hold_time),
+                md5_password=n.md5_password.get_secret_value() if n.md5_password else None,
+                families=tuple(n.families),
+            )
+            for n in bgp.neighbors
+        ),
+    )
+
+
+def _needs_ipvs(config: Config) -> bool:
+    return any(s.ipvs is not None for s in config.services.values())
+
+
+def build_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> World:
+    g = config.global_
+    closers: list[Callable[[], None]] = []
+    try:
+        lo = NetlinkLoopback(g.interface)
+    except ActuatorError as exc:
+        raise StartupError(f"global.interface {g.interface!r}: {exc.message}") from None
+    closers.append(lo.close)
+    ipvs: IpvsNetlink | None = None
+    if _needs_ipvs(config):
+        ipvs = IpvsNetlink(Path(g.state_dir))
+        closers.append(ipvs.close)
+        try:
+            ipvs.observe()
+        except ActuatorError as exc:
+            for close in closers:
+                close()
+            raise StartupError(
+                f"a service declares [ipvs] but IPVS is not usable here: {exc.message}"
+            ) from None
+    settings = bgp_settings(config.bgp) if config.bgp is not None else None
+    speaker: ExabgpSpeaker | NullSpeaker
+    if settings is not None:
+        speaker = ExabgpSpeaker(settings, Path(g.runtime_dir), on_peer_change=on_peer_change)
+    else:
+        speaker = NullSpeaker()
+    return World(lo, ipvs, speaker, settings, closers)
+
+
+def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> World:
+    del on_peer_change  # no sessions in a dry run
+    seen = None
+    try:
+        with NetlinkLoopback(config.global_.interface) as real:
+            seen = real.observe()
+    except (ActuatorError, OSError, PermanentError):
+        seen = None  # no such interface or no netlink: start from an empty one
+    lo = FakeLoopback(config.global_.interface, seen.addresses if seen else ())
+    ipvs = FakeIpvs() if _needs_ipvs(config) else None
+    return World(lo, ipvs, NullSpeaker(), None)
