@@ -125,8 +125,9 @@ def main() -> None:
     sys.path.insert(0, str(REPO))  # the repo root: anycastd and tests.* (run as a script)
     from anycastd.actuators.exabgp import BgpSettings, Neighbor, Route
     from anycastd.bgp.plan import plan, resolve
-    from tests.integration.bgp_support import EXABGP, FrrPeer, SpeakerDriver
-    from tests.support.netns import Netns, veth, wait_for
+    from anycastd.testing.netns import Netns, veth, wait_for
+    from anycastd.testing.frr import FrrPeer
+    from tests.integration.bgp_support import EXABGP, SpeakerDriver
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=500)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from anycastd.actuators.loopback import HostAddress, NetlinkLoopback, plan
-from tests.support.netns import netns
+from anycastd.testing.netns import netns
 
 T = TypeVar("T")
 

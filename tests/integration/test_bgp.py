@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from anycastd.actuators.exabgp import Attributes, BgpSettings, Neighbor, Route
+from anycastd.testing.frr import FrrPeer
+from anycastd.testing.netns import Netns, veth, wait_for
 from tests.integration.bgp_support import (
     EXABGP,
-    FrrPeer,
     SpeakerDriver,
     process_alive,
     settings_to_json,
 )
-from tests.support.netns import Netns, veth, wait_for
 
 pytestmark = [
     pytest.mark.integration,

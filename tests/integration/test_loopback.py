@@ -1,6 +1,6 @@
 """The loopback actuator and the sysctl module against the real kernel, in a namespace.
 
-Every test works on the ``lo`` of a namespace it created (tests/support/netns.py); the host's
+Every test works on the ``lo`` of a namespace it created (anycastd/testing/netns.py); the host's
 own ``lo`` is snapshotted before and compared after each test. The scenario transcripts are
 shared with the fake (tests/unit/test_loopback_fake.py): same steps, same expected output.
 """
@@ -25,7 +25,7 @@ from anycastd.actuators.loopback import (
     conflicts,
     plan,
 )
-from tests.support.netns import Netns, netns, run
+from anycastd.testing.netns import Netns, netns, run
 from tests.unit.test_loopback_fake import SCENARIOS
 
 pytestmark = [
