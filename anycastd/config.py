@@ -876,6 +876,7 @@ class GlobalConfig(_Model):
     reconcile_interval: PositiveDuration = 30.0
     maintenance_file: AbsPath | None = None
     max_concurrent_checks: Annotated[int, Strict(), Field(ge=1)] = 256
+    manage_sysctls: Bool = False
 
 
 class ApiConfig(_Model):

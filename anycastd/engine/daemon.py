@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from anycastd.actuators import sysctl
 from anycastd.actuators.errors import ActuatorError
 from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
 from anycastd.config import Config, ConfigError, ServiceConfig, load_config
@@ -154,6 +155,18 @@ def startup_hold(config: Config) -> float:
     return hold + 1.0
 
 
+def required_sysctls(config: Config) -> dict[str, str]:
+    """The sysctls this node's IPVS forwarding methods need (``actuators.sysctl``)."""
+    methods: set[str] = set()
+    families: set[int] = set()
+    for svc in config.services.values():
+        if svc.ipvs is None or svc.disabled:
+            continue
+        methods.update(rs.forwarding for rs in svc.ipvs.real_servers)
+        families.update(p.version for p in svc.prefixes)
+    return sysctl.required_sysctls(methods, families)
+
+
 def shutdown_limit(config: Config) -> float:
     """The longest a stop may take: the longest drain, plus time for the writes."""
     drains = [s.drain_time for s in config.services.values() if s.shutdown != "withdraw"]
@@ -196,6 +209,7 @@ class Daemon:
         self._reload_requested = False
         self.reload_ok: bool | None = None
         self.shutdown_complete: bool | None = None
+        self.sysctl_drift: list[sysctl.SysctlDrift] = []
 
     @property
     def scheduler(self) -> Scheduler:
@@ -268,6 +282,9 @@ class Daemon:
             }
             if ctl.last_plan is not None:
                 extra["prefixes"] = dict(ctl.last_plan.phases)
+        if self.sysctl_drift:
+            extra["sysctls"] = {d.key: {"want": d.expected, "have": d.actual}
+                                for d in self.sysctl_drift}
         rs = self._rs_health()
         if rs:
             extra["real_servers"] = {n: h.state.value for n, h in sorted(rs.items())}
@@ -327,6 +344,8 @@ class Daemon:
         for name, h in health.items():
             event(log, "service_start", service=name, state=h.state.value, reason=h.reason)
         self.world = world = self._world_factory(self.config, self._on_peer)
+        if not world.dry_run:
+            self._sysctls()
         self.controller = Controller(
             self.config,
             loopback=world.loopback,
@@ -347,6 +366,23 @@ class Daemon:
             if self._api is not None:
                 await self._api.stop()
             world.close()
+
+    def _sysctls(self) -> None:
+        """Set (``global.manage_sysctls``) or report what the forwarding methods need."""
+        required = required_sysctls(self.config)
+        manage = self.config.global_.manage_sysctls
+        try:
+            found = sysctl.reconcile(required, manage=manage)
+            self.sysctl_drift = sysctl.check(required) if manage else found
+        except ActuatorError as exc:
+            event(log, "sysctl_error", level=logging.ERROR, error=exc.message)
+            return
+        for d in found if manage else ():
+            event(log, "sysctl_set", key=d.key, value=d.expected, was=d.actual)
+        for d in self.sysctl_drift:
+            event(log, "sysctl_drift", level=logging.WARNING, key=d.key, want=d.expected,
+                  have=d.actual, detail="set global.manage_sysctls = true to let anycastd "
+                  "set it, or set it yourself")
 
     async def _run_speaker(self, speaker: ExabgpSpeaker) -> None:
         try:

@@ -32,6 +32,7 @@ class World:
     speaker: ExabgpSpeaker | NullSpeaker
     bgp_settings: BgpSettings | None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    dry_run: bool = False  # in-memory copies: the node itself is never written
 
     def close(self) -> None:
         for close in self.closers:
@@ -108,4 +109,4 @@ def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -
         seen = None  # no such interface or no netlink: start from an empty one
     lo = FakeLoopback(config.global_.interface, seen.addresses if seen else ())
     ipvs = FakeIpvs() if _needs_ipvs(config) else None
-    return World(lo, ipvs, NullSpeaker(), None)
+    return World(lo, ipvs, NullSpeaker(), None, dry_run=True)
