@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "demo",
-        help="run anycastd on a built-in default: a local service that fails and recovers",
+        help="the anycast demo: a router (FRR), two anycastd edges and a client in network "
+        "namespaces (root)",
     )
     return p
 
