@@ -45,7 +45,7 @@ from anycastd.core.health import (
     ServiceTransition,
 )
 from anycastd.engine.backends import Backends
-from anycastd.engine.controller import Controller, settled
+from anycastd.engine.controller import WITHDRAW_SETTLE, Controller, settled
 from anycastd.engine.probes import build_probe
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
 from anycastd.engine.world import World, WorldFactory, build_world
@@ -263,7 +263,15 @@ class Daemon:
         return self._rs_scheduler.services if self._rs_scheduler is not None else {}
 
     def _ready(self) -> bool:
-        return settled(self.scheduler.services) and settled(self._rs_health())
+        # With BGP, the first pass also waits (within the startup hold) for the relay to
+        # connect, so it sees what ExaBGP already announces instead of an empty RIB-out.
+        world = self.world
+        speaker_ready = (
+            world is None
+            or not isinstance(world.speaker, ExabgpSpeaker)
+            or world.speaker.connected
+        )
+        return speaker_ready and settled(self.scheduler.services) and settled(self._rs_health())
 
     # ---- status API callbacks
 
@@ -356,6 +364,7 @@ class Daemon:
             real_servers_up=lambda: self._backends.up(self._rs_health()),
             clock=self.clock,
             metrics=self.metrics,
+            withdraw_settle=WITHDRAW_SETTLE if isinstance(world.speaker, ExabgpSpeaker) else 0.0,
         )
         try:
             await self._start_api()
