@@ -2,7 +2,8 @@
 
 It records the announced RIB exactly as the real speaker would compute it (same resolve/plan
 code), keeps a log of the commands it would have sent, and lets a test inject failures
-(``fail_next`` / ``disconnect``) and session changes (``set_peer``).
+(``fail_next`` / ``disconnect``) and session changes (``set_peer``). ``sent`` is the RIB-out
+the controller observes (the shape of ``ExabgpSpeaker.sent``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ class FakeSpeaker:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def sent(self) -> Mapping[planner.RibKey, planner.ResolvedAttributes]:
+        """The RIB-out as ExaBGP holds it (a copy), like ``ExabgpSpeaker.sent``: what the
+        controller reads back as its observation of the speaker."""
+        return dict(self.rib)
+
     # -- test controls ---------------------------------------------------------------------
     @property
     def announced(self) -> dict[str, planner.ResolvedAttributes]:
@@ -108,6 +115,10 @@ class FakeSpeaker:
 
 
 if TYPE_CHECKING:
+    from anycastd.engine.controller import RouteSpeaker
 
     def _fake_is_a_speaker(fake: FakeSpeaker) -> Speaker:  # mypy checks the Protocol
+        return fake
+
+    def _fake_is_a_route_speaker(fake: FakeSpeaker) -> RouteSpeaker:  # the controller's
         return fake

@@ -1,0 +1,291 @@
+"""The daemon end to end, on fakes: real file checks (a file in tmp_path flips health), an
+injected world of FakeLoopback + FakeIpvs + FakeSpeaker, and the real monotonic clock with
+intervals of tens of milliseconds (the scheduler, the probes' worker threads and the flag
+poller together are not practical on virtual time). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from anycastd.bgp.model import GRACEFUL_SHUTDOWN, Route
+from anycastd.bgp.speaker import PeerState
+from anycastd.config import Config, load_config
+from anycastd.core.health import ServiceState
+from anycastd.engine.daemon import Daemon
+from anycastd.engine.world import World, bgp_settings
+from anycastd.observe.metrics import Metrics
+from anycastd.observe.systemd import Notifier
+from anycastd.testing.exabgp import FakeSpeaker
+from anycastd.testing.ipvs import FakeIpvs
+from anycastd.testing.loopback import FakeLoopback
+
+A, B = "192.0.2.1/32", "192.0.2.2/32"
+
+HEAD = """
+[global]
+node = "t"
+reconcile_interval = "30s"
+state_dir = "{tmp}"
+runtime_dir = "{tmp}"
+[api]
+enabled = false
+[metrics]
+enabled = false
+[bgp]
+router_id = "192.0.2.1"
+local_as = 65001
+[[bgp.neighbors]]
+address = "127.0.0.2"
+peer_as = 65000
+local_address = "127.0.0.1"
+"""
+
+#: A fast file-checked service: rise/fall 1, 50 ms interval, 300 ms drain.
+FAST = """
+[services.{name}]
+prefixes = ["{prefix}"]
+interval = "50ms"
+timeout = "25ms"
+rise = 1
+fall = 1
+drain_time = "300ms"
+shutdown = "{shutdown}"
+maintenance_file = "{tmp}/maintenance-{name}"
+[[services.{name}.checks]]
+type = "file"
+path = "{tmp}/{name}-ok"
+"""
+
+
+class TimedSpeaker(FakeSpeaker):
+    """A FakeSpeaker that notes (monotonic time, RIB-out) after every route change."""
+
+    def __init__(self, config: Config) -> None:
+        assert config.bgp is not None
+        super().__init__(bgp_settings(config.bgp))
+        self.timeline: list[tuple[float, dict[str, tuple[str, ...]]]] = []
+
+    async def set_routes(self, routes: Iterable[Route]) -> None:
+        await super().set_routes(routes)
+        self.timeline.append(
+            (time.monotonic(), {p: a.communities for p, a in self.announced.items()})
+        )
+
+
+@dataclass
+class Node:
+    """One fake node: the world the daemon's factory hands out, and the daemon."""
+
+    tmp: Path
+    text: str
+    lo: FakeLoopback = field(default_factory=FakeLoopback)
+    ipvs: FakeIpvs = field(default_factory=FakeIpvs)
+    speaker: TimedSpeaker | None = None
+    daemon: Daemon | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.tmp / "anycastd.toml"
+
+    def world(self, config: Config, on_peer: Callable[[PeerState], None]) -> World:
+        assert config.bgp is not None
+        self.speaker = TimedSpeaker(config)
+        return World(self.lo, self.ipvs, self.speaker, bgp_settings(config.bgp),  # type: ignore[arg-type]
+                     dry_run=True)
+
+    def announced(self) -> dict[str, tuple[str, ...]]:
+        if self.speaker is None:
+            return {}
+        return {p: a.communities for p, a in self.speaker.announced.items()}
+
+    def holds(self, prefix: str) -> bool:
+        ip = ipaddress.ip_interface(prefix).ip
+        return any(a.ip == ip for a in self.lo.addresses)
+
+    def state(self, service: str) -> ServiceState:
+        assert self.daemon is not None
+        return self.daemon.scheduler.health(service).state
+
+    def flag(self, name: str) -> Path:
+        return self.tmp / name
+
+
+def fast(tmp: Path, name: str, prefix: str, shutdown: str = "drain-then-withdraw") -> str:
+    return FAST.format(tmp=tmp, name=name, prefix=prefix, shutdown=shutdown)
+
+
+async def wait_for(pred: Callable[[], bool], within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def running(node: Node) -> AsyncIterator[asyncio.Task[int]]:
+    """Write the config, run the daemon; on exit, stop it and check it exited 0."""
+    node.path.write_text(node.text)
+    node.daemon = Daemon(load_config(node.path), node.path, notifier=Notifier(""),
+                         metrics=Metrics(), world_factory=node.world)
+    task = asyncio.create_task(node.daemon.run())
+    try:
+        await wait_for(lambda: node.daemon is not None and node.daemon.controller is not None
+                       and node.daemon.controller.passes > 0)
+        yield task
+    finally:
+        if not task.done():
+            node.daemon.request_stop()
+            assert await asyncio.wait_for(task, 5.0) == 0
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    return Node(tmp_path, HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A))
+
+
+async def test_file_check_up_is_announced(node: Node) -> None:
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.state("a") is ServiceState.UP
+        assert node.holds(A)
+
+
+async def test_file_removed_is_demoted_then_withdrawn_after_the_drain(node: Node) -> None:
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        node.flag("a-ok").unlink()
+        await wait_for(lambda: node.announced() == {} and not node.holds(A))
+
+    assert node.speaker is not None
+    demoted = [t for t, rib in node.speaker.timeline if rib == {A: (GRACEFUL_SHUTDOWN,)}]
+    withdrawn = [t for t, rib in node.speaker.timeline if rib == {}]
+    assert demoted
+    assert withdrawn
+    assert withdrawn[-1] - demoted[0] >= 0.29  # drain_time = 300ms
+
+
+async def test_maintenance_file_puts_the_service_in_maintenance_and_withdraws(
+    node: Node,
+) -> None:
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        node.flag("maintenance-a").touch()  # looked at once a second
+        await wait_for(lambda: node.state("a") is ServiceState.MAINTENANCE)
+        await wait_for(lambda: node.announced() == {} and not node.holds(A))
+        assert node.flag("a-ok").exists()  # healthy all along: maintenance did it
+
+
+async def test_api_maintenance_flag_withdraws_and_clearing_it_announces_again(
+    node: Node,
+) -> None:
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        assert node.daemon.set_flag("a", "maintenance", True) is True
+        assert node.state("a") is ServiceState.MAINTENANCE  # at once, no poll
+        await wait_for(lambda: node.announced() == {})
+
+        node.daemon.set_flag("a", "maintenance", False)
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon.set_flag("nope", "maintenance", True) is False
+
+
+async def test_api_drain_flag_keeps_the_route_but_demotes_it(node: Node) -> None:
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        node.daemon.set_flag("a", "draining", True)
+        assert node.state("a") is ServiceState.DRAINING
+        await wait_for(lambda: node.announced() == {A: (GRACEFUL_SHUTDOWN,)})
+        assert node.holds(A)
+
+
+async def test_reload_leaves_an_unchanged_service_alone(tmp_path: Path) -> None:
+    # "b" runs its check once a day and starts up: between two probe runs its health value
+    # only changes if the reload touches it.
+    slow_b = fast(tmp_path, "b", B).replace('"50ms"', '"24h"').replace(
+        'timeout = "25ms"', 'timeout = "1s"\nstart_state = "up"')
+    node = Node(tmp_path, HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A) + slow_b)
+    node.flag("a-ok").touch()
+    node.flag("b-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: (), B: ()})
+        assert node.daemon is not None
+        assert node.speaker is not None
+        before = node.daemon.scheduler.health("b")
+        lo_writes, commands = len(node.lo.history), len(node.speaker.commands)
+
+        # "a" now checks a file that is not there; "b" is untouched
+        node.path.write_text(node.text.replace(f"{tmp_path}/a-ok", f"{tmp_path}/a-gone"))
+        node.daemon.request_reload()
+        await wait_for(lambda: node.daemon is not None and node.daemon.reload_ok is True)
+        assert node.daemon.scheduler.health("b") is before
+        await wait_for(lambda: node.announced() == {B: ()} and not node.holds(A))
+
+        assert node.daemon.scheduler.health("b") is before
+        assert all("192.0.2.2" not in what for _, what in node.lo.history[lo_writes:])
+        assert all("192.0.2.2" not in c for c in node.speaker.commands[commands:])
+        assert node.holds(B)
+
+
+async def test_invalid_reload_keeps_the_running_config(node: Node) -> None:
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        node.path.write_text(node.text.replace("rise = 1", "rise = 0"))
+        node.daemon.request_reload()
+        await wait_for(lambda: node.daemon is not None and node.daemon.reload_ok is False)
+        assert node.announced() == {A: ()}
+        assert node.daemon.config.services["a"].rise == 1
+
+
+async def test_stop_runs_each_shutdown_policy_and_exits_zero(tmp_path: Path) -> None:
+    text = (HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="withdraw")
+            + fast(tmp_path, "b", B, shutdown="keep"))
+    node = Node(tmp_path, text)
+    node.flag("a-ok").touch()
+    node.flag("b-ok").touch()
+    async with running(node) as task:
+        await wait_for(lambda: node.announced() == {A: (), B: ()})
+        assert node.daemon is not None
+        node.daemon.request_stop()
+        assert await asyncio.wait_for(task, 5.0) == 0
+
+    assert node.daemon.shutdown_complete is True
+    assert node.announced() == {B: ()}  # kept
+    assert node.holds(B)
+    assert not node.holds(A)  # withdrawn, then its address removed
+
+
+async def test_reload_that_removes_a_service_withdraws_it_and_removes_its_address(
+    tmp_path: Path,
+) -> None:
+    head = HEAD.format(tmp=tmp_path)
+    node = Node(tmp_path, head + fast(tmp_path, "a", A) + fast(tmp_path, "b", B))
+    node.flag("a-ok").touch()
+    node.flag("b-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: (), B: ()})
+        assert node.daemon is not None
+        node.path.write_text(head + fast(tmp_path, "a", A))
+        node.daemon.request_reload()
+        await wait_for(lambda: node.announced() == {A: ()} and not node.holds(B))
+        assert node.daemon.reload_ok is True
+        assert set(node.daemon.scheduler.services) == {"a"}
+        assert node.holds(A)
