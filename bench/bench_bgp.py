@@ -125,8 +125,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))  # the repo root: anycastd and tests.* (run as a script)
     from anycastd.actuators.exabgp import BgpSettings, Neighbor, Route
     from anycastd.bgp.plan import plan, resolve
-    from anycastd.testing.netns import Netns, veth, wait_for
     from anycastd.testing.frr import FrrPeer
+    from anycastd.testing.netns import Netns, veth, wait_for
     from tests.integration.bgp_support import EXABGP, SpeakerDriver
 
     parser = argparse.ArgumentParser()

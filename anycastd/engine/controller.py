@@ -56,6 +56,15 @@ log = logging.getLogger("anycastd.controller")
 #: Passes in a row without a wait; a world that never converges is retried with backoff.
 MAX_PASSES = 8
 
+#: After a step that withdrew a route, wait this long before the pass goes on to IPVS and
+#: the addresses. ExaBGP answers ``done`` once an UPDATE is queued, not once it is on the
+#: wire; measured against FRR (bench/README_failover.md) the address otherwise left ``lo``
+#: up to 4 ms BEFORE the peer had the withdraw (p50 0.7 ms before), breaking "never
+#: announced while the address is missing" as the peer sees it. ExaBGP writes within
+#: 2-5 ms (PLATFORM.md), so 50 ms is a wide margin and costs nothing that matters: the
+#: withdraw itself is not delayed, only the clean-up after it.
+WITHDRAW_SETTLE = 0.05
+
 
 class RouteSpeaker(Protocol):
     """What the controller needs of a speaker: take a route set, show its RIB-out."""
@@ -100,7 +109,11 @@ def settled(states: Mapping[str, object]) -> bool:
 
 
 class Controller:
-    """Drives loopback, IPVS and BGP from health. Construct, then ``await run()``."""
+    """Drives loopback, IPVS and BGP from health. Construct, then ``await run()``.
+
+    ``withdraw_settle``: seconds to wait after a withdraw before later steps of the same
+    pass (IPVS, address removal); the daemon passes :data:`WITHDRAW_SETTLE` when a real
+    speaker is in use."""
 
     def __init__(
         self,
@@ -116,6 +129,7 @@ class Controller:
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
         drain_connections: int = 0,
+        withdraw_settle: float = 0.0,
     ) -> None:
         self.config = config
         self.loopback = loopback
@@ -128,6 +142,7 @@ class Controller:
         self.metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311  # backoff jitter only
         self.drain_connections = drain_connections
+        self.withdraw_settle = withdraw_settle
         self.state = ControllerState()
         self.last_plan: Plan | None = None
         self.last_observed: Observed | None = None
@@ -137,6 +152,9 @@ class Controller:
         self._retry_at: float | None = None
         self._hints: frozenset[Route] = frozenset()
         self._last_routes: frozenset[Route] = frozenset()  # last set handed to the speaker
+        # what the speaker holds between the steps of one pass (for the log lines): the
+        # observation, then each BgpStep's set (a pass may withdraw, then announce again)
+        self._held: frozenset[Route] = frozenset()
 
     # ---- inputs
 
@@ -187,9 +205,16 @@ class Controller:
                 self._backoff.failures = 0
                 self._retry_at = None
                 return result
+            self._held = observed.announced
             try:
-                for step in result.steps:
-                    await self._execute(step)
+                for i, step in enumerate(result.steps):
+                    withdrew = await self._execute(step)
+                    if withdrew and self.withdraw_settle > 0 and any(
+                        not isinstance(later, BgpStep) for later in result.steps[i + 1:]
+                    ):
+                        # ExaBGP acks a withdraw once queued, not once on the wire: give the
+                        # UPDATE time to leave before IPVS or the address go (see __init__)
+                        await self.clock.sleep_until(self.clock.now() + self.withdraw_settle)
             except ActuatorError as exc:
                 self._failed(exc)
                 return result
@@ -198,9 +223,10 @@ class Controller:
         event(log, "reconcile_not_converged", level=logging.WARNING, passes=MAX_PASSES)
         return result
 
-    async def _execute(self, step: Step) -> None:
+    async def _execute(self, step: Step) -> bool:
+        """Run one step; True when it was a BgpStep that withdrew a prefix."""
         if isinstance(step, BgpStep):
-            before = self.last_observed.announced if self.last_observed else frozenset()
+            before = self._held
             held = {r.prefix for r in before}
             for route in sorted(step.routes - before, key=_route_key):
                 attrs = route.attributes
@@ -208,23 +234,26 @@ class Controller:
                 event(log, what, prefix=route.prefix, med=attrs.med,
                       local_preference=attrs.local_preference,
                       communities=list(attrs.communities), prepend=attrs.as_path_prepend)
-            for prefix in sorted(held - {r.prefix for r in step.routes}):
+            withdrawn = sorted(held - {r.prefix for r in step.routes})
+            for prefix in withdrawn:
                 event(log, "bgp_withdraw", prefix=prefix)
             await self.speaker.set_routes(step.routes)
-            self._last_routes = step.routes
+            self._last_routes = self._held = step.routes
             self._count("exabgp", 1)
-        elif isinstance(step, LoopbackStep):
+            return bool(withdrawn)
+        if isinstance(step, LoopbackStep):
             for a in step.actions:
                 event(log, "loopback", action=str(a))
             await asyncio.to_thread(self.loopback.apply, list(step.actions))
             self._count("loopback", len(step.actions))
         elif isinstance(step, IpvsStep):
             if self.ipvs is None:
-                return
+                return False
             for ia in step.actions:
                 event(log, "ipvs", action=repr(ia))
             await asyncio.to_thread(self.ipvs.apply, list(step.actions))
             self._count("ipvs", len(step.actions))
+        return False
 
     def _count(self, actuator: str, n: int) -> None:
         if self.metrics is not None:
