@@ -259,6 +259,7 @@ def _take_down(
     end = start + intent.drain_time
     quiet = (
         bool(intent.virtual_services)
+        and now >= start + connection_poll  # the peers saw the demote for a while
         and have == frozenset({intent.demote})
         and _active_connections(intent, observed.ipvs) <= drain_connections
     )

@@ -26,7 +26,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from anycastd.actuators.errors import ActuatorError
 from anycastd.actuators.ipvs import IpvsActuator, IpvsObserved, VirtualService
@@ -52,6 +52,7 @@ from anycastd.observe.logs import event
 from anycastd.observe.metrics import Metrics
 
 log = logging.getLogger("anycastd.controller")
+_T = TypeVar("_T")
 
 #: Passes in a row without a wait; a world that never converges is retried with backoff.
 MAX_PASSES = 8
@@ -148,6 +149,7 @@ class Controller:
         self.last_observed: Observed | None = None
         self.passes = 0
         self._wake = asyncio.Event()
+        self._io = asyncio.Lock()  # one actuator call at a time, even across a cancel
         self._backoff = _Backoff()
         self._retry_at: float | None = None
         self._hints: frozenset[Route] = frozenset()
@@ -169,11 +171,11 @@ class Controller:
     # ---- observation
 
     async def observe(self, desired: Desired) -> Observed:
-        lo: LoopbackObserved = await asyncio.to_thread(self.loopback.observe)
+        lo: LoopbackObserved = await self._in_thread(self.loopback.observe)
         ipvs_obs = IpvsObserved()
         owned: frozenset[VirtualService] = frozenset()
         if self.ipvs is not None:
-            ipvs_obs = await asyncio.to_thread(self.ipvs.observe)
+            ipvs_obs = await self._in_thread(self.ipvs.observe)
             owned = self.ipvs.owned()
         if isinstance(self.speaker, NullSpeaker) or self.bgp_settings is None:
             announced = self._last_routes
@@ -192,7 +194,11 @@ class Controller:
         for _ in range(MAX_PASSES):
             desired = self.desired()
             self._hints = desired.route_hints | self._last_routes
-            observed = await self.observe(desired)
+            try:
+                observed = await self.observe(desired)
+            except ActuatorError as exc:  # nothing known, nothing done: retry like a write
+                self._failed(exc)
+                return result
             result = plan(
                 self.state, desired, observed, self.clock.now(),
                 shutdown=shutdown, drain_connections=self.drain_connections,
@@ -244,16 +250,28 @@ class Controller:
         if isinstance(step, LoopbackStep):
             for a in step.actions:
                 event(log, "loopback", action=str(a))
-            await asyncio.to_thread(self.loopback.apply, list(step.actions))
+            await self._in_thread(self.loopback.apply, list(step.actions))
             self._count("loopback", len(step.actions))
         elif isinstance(step, IpvsStep):
             if self.ipvs is None:
                 return False
             for ia in step.actions:
                 event(log, "ipvs", action=repr(ia))
-            await asyncio.to_thread(self.ipvs.apply, list(step.actions))
+            await self._in_thread(self.ipvs.apply, list(step.actions))
             self._count("ipvs", len(step.actions))
         return False
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` in a worker thread, one at a time. A thread cannot be stopped: when
+        the caller is cancelled, the lock is held until the call has really ended, so the
+        next pass (e.g. shutdown) never observes or writes while it still runs."""
+        async with self._io:
+            fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                await asyncio.wait([fut])
+                raise
 
     def _count(self, actuator: str, n: int) -> None:
         if self.metrics is not None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import random
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -607,3 +608,99 @@ async def test_a_restarted_controller_adopts_the_world_without_a_single_write() 
     assert result.steps == ()
     assert first.writes() == before
     assert first.announced() == {WEB_PREFIX: (), DNS_PREFIX: ()}
+
+
+# BUG 1 (core/plan.py _take_down): an IPVS prefix with no active connections is withdrawn in
+# the same instant it is demoted; the peers never get to act on 65535:0.
+async def test_ipvs_drain_without_connections_still_holds_the_demote_for_a_while() -> None:
+    h = Harness(config())
+    await converged(h)
+    h.states["web"] = DOWN
+    h.poke()
+    await h.run_until(0.0)
+    assert h.announced() == {WEB_PREFIX: (GRACEFUL_SHUTDOWN,)}  # today: {} (withdrawn at t=0)
+    await h.run_until(10.0)
+    assert h.announced() == {}
+    await h.stop()
+
+
+class SlowLoopback(JournalLoopback):
+    """``apply`` blocks (in its worker thread) until released; counts overlapping calls."""
+
+    def __init__(self, clock: FakeClock, journal: Journal) -> None:
+        super().__init__(clock, journal)
+        self.release, self.entered = threading.Event(), threading.Event()
+        self.inside = self.overlap = 0
+        self._mu = threading.Lock()
+
+    def _enter(self) -> None:
+        with self._mu:
+            self.inside += 1
+            self.overlap = max(self.overlap, self.inside)
+
+    def _leave(self) -> None:
+        with self._mu:
+            self.inside -= 1
+
+    def observe(self) -> LoopbackObserved:
+        self._enter()
+        try:
+            return super().observe()
+        finally:
+            self._leave()
+
+    def apply(self, actions: Sequence[lo_actuator.Action]) -> None:
+        self._enter()
+        try:
+            self.entered.set()
+            self.release.wait(5)
+            super().apply(actions)
+        finally:
+            self._leave()
+
+
+# BUG 2 (engine/controller.py): cancelling run() (the daemon does, right before shutdown())
+# abandons a worker thread mid-apply; shutdown() then observes and writes concurrently and can
+# report complete before that apply lands.
+async def test_shutdown_after_a_cancelled_pass_waits_for_its_actuator_call() -> None:
+    h = Harness(config(web=False, dns=True))
+    h.lo = SlowLoopback(h.clock, h.journal)
+    h.ctl.loopback = h.lo
+    h.states["dns"] = UP
+    task = asyncio.create_task(h.ctl.run(ready=lambda: True, startup_hold=0.0))
+    while not h.lo.entered.is_set():  # the bring-up's address add is in its thread
+        await asyncio.sleep(0.001)
+    task.cancel()  # what Daemon._main_loop does, then it awaits controller.shutdown()
+    stop = asyncio.create_task(h.ctl.shutdown(60.0))
+    await asyncio.sleep(0.05)
+    h.lo.release.set()
+    await h.run_until(11.0, waiter=stop)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    while h.lo.inside:  # today the abandoned thread may still be running
+        await asyncio.sleep(0.001)
+    assert stop.result() is True
+    assert not h.lo.holds(DNS_PREFIX)  # today: the abandoned add lands after "complete"
+    assert h.lo.overlap == 1  # today: 2 (observe ran while the old apply was in its thread)
+
+
+# BUG 3 (engine/controller.py reconcile): an ActuatorError from *observing* (netlink refused,
+# interface gone, IPVS dump failed) escapes reconcile() and kills run(); in the daemon that
+# ends the TaskGroup with a traceback and no shutdown policy. Expected: a failed pass, retried.
+async def test_an_observe_failure_is_a_failed_pass_retried_later_not_a_crash() -> None:
+    h = Harness(config(web=False, dns=True))
+    await converged(h)
+    h.lo.interface_present = False  # `ip link del`: observe answers ENODEV (permanent)
+    h.lo.addresses.clear()
+    h.poke()
+    await h.run_until(0.0, waiter=h.task)
+    assert h.task is not None
+    assert not h.task.done()  # today: done, with PermanentError
+
+    h.lo.interface_present = True  # the interface is back, empty
+    await h.run_until(29.999)
+    assert not h.lo.holds(DNS_PREFIX)
+    await h.run_until(30.0)  # permanent: retried after reconcile_interval
+    assert h.lo.holds(DNS_PREFIX)
+    assert h.announced() == {DNS_PREFIX: ()}
+    await h.stop()
