@@ -21,7 +21,7 @@ from anycastd.actuators import ipvs as ipvs_actuator
 from anycastd.actuators import loopback as lo_actuator
 from anycastd.actuators.errors import PermanentError, TransientError
 from anycastd.actuators.ipvs import VirtualService
-from anycastd.actuators.loopback import Address
+from anycastd.actuators.loopback import Address, LoopbackObserved
 from anycastd.bgp.model import GRACEFUL_SHUTDOWN, Route
 from anycastd.config import Config, loads
 from anycastd.core.desired import RealServerKey

@@ -72,7 +72,7 @@ class ScriptedExabgp:
 async def until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
     """Poll a plain attribute of the fake (no event to wait on)."""
     async with asyncio.timeout(limit):
-        while not predicate():  # noqa: ASYNC110 - polling state owned by the code under test
+        while not predicate():
             await asyncio.sleep(0.01)
 
 
