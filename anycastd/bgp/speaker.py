@@ -197,6 +197,7 @@ class ExabgpSpeaker:
         self._write_lock = asyncio.Lock()
         self._resync_wanted = asyncio.Event()
         self._connected_event = asyncio.Event()
+        self._synced = False
         self.exabgp_pid: int | None = None
         self.exabgp_starts = 0
         self.commands_sent = 0
@@ -209,6 +210,12 @@ class ExabgpSpeaker:
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed.is_set()
+
+    @property
+    def synced(self) -> bool:
+        """Connected, and ``sent`` has been read back from ExaBGP since the connect: only
+        then does ``sent`` say what the peers are offered (start-up adoption waits for it)."""
+        return self.connected and self._synced
 
     @property
     def desired(self) -> Mapping[planner.RibKey, planner.ResolvedAttributes]:
@@ -362,6 +369,7 @@ class ExabgpSpeaker:
                 self._set_peer(replace(self._peers[address], up=False, state="unknown",
                                        reason="new ExaBGP"))
         log.info("ExaBGP relay connected", extra={"exabgp_pid": exabgp_pid})
+        self._synced = False
         self._connected_event.set()
         self._resync_wanted.set()
         try:
@@ -428,6 +436,7 @@ class ExabgpSpeaker:
                          extra={"prefixes": sorted({k[1] for k in foreign})})
             observed = {k: v for k, v in observed.items() if k not in foreign}
         self._sent = observed
+        self._synced = True
 
     def _load_owned(self) -> set[str]:
         try:

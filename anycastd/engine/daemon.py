@@ -269,7 +269,7 @@ class Daemon:
         speaker_ready = (
             world is None
             or not isinstance(world.speaker, ExabgpSpeaker)
-            or world.speaker.connected
+            or world.speaker.synced
         )
         return speaker_ready and settled(self.scheduler.services) and settled(self._rs_health())
 

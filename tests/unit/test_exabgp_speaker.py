@@ -265,3 +265,35 @@ async def test_a_client_that_is_not_a_relay_is_turned_away(tmp_path: Path) -> No
         writer.close()
         await speaker.set_routes([Route("192.0.2.53/32")])
     assert exa.received[-1] == "neighbor 10.0.0.1 announce route 192.0.2.53/32 next-hop self"
+
+
+async def test_synced_only_after_the_adj_rib_out_was_read_back(tmp_path: Path) -> None:
+    # Start-up adoption waits for `synced`: before the read-back, `sent` says nothing.
+    answers: dict[str, str] = {"show adj-rib out extensive": "silent"}
+    exa = ScriptedExabgp(answer=lambda cmd: answers.get(cmd, "done"))
+    speaker = ExabgpSpeaker(SETTINGS, tmp_path)
+    task = asyncio.create_task(speaker.run())
+    try:
+        await until(speaker.socket_path.exists)
+        client = asyncio.create_task(exa.serve(speaker.socket_path))
+        async with asyncio.timeout(5):
+            await speaker.wait_connected()
+        await until(lambda: "show adj-rib out extensive" in exa.received)
+        assert speaker.connected
+        assert not speaker.synced  # the read-back is unanswered
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    client.cancel()
+    with contextlib.suppress(asyncio.CancelledError, OSError):
+        await client
+
+
+async def test_synced_after_a_connect_and_read_back(tmp_path: Path) -> None:
+    exa = ScriptedExabgp()
+    speaker = ExabgpSpeaker(SETTINGS, tmp_path)
+    assert not speaker.synced
+    async with running(speaker, exa):
+        await until(lambda: speaker.synced)
+        assert speaker.synced
