@@ -455,36 +455,6 @@ class ServiceHealth:
             return 0.0
         return self.damping.penalty_at(self.params.damping, now)
 
-    def as_dict(self, now: float) -> dict[str, object]:
-        """JSON-ready view for the status API (times are monotonic seconds)."""
-        return {
-            "service": self.params.name,
-            "state": self.state.value,
-            "reason": self.reason,
-            "since": self.since,
-            "policy": str(self.params.policy),
-            "maintenance": self.maintenance,
-            "draining": self.draining,
-            "damping": None
-            if self.params.damping is None
-            else {
-                "penalty": round(self.penalty(now), 3),
-                "suppressed_until": self.damping.suppressed_until,
-            },
-            "checks": [
-                {
-                    "name": c.name,
-                    "state": c.state.value,
-                    "changing": c.changing,
-                    "last_ok": c.run_ok,
-                    "streak": c.run_len,
-                    "reason": c.reason,
-                    "since": c.since,
-                }
-                for c in self.checks
-            ],
-        }
-
     def next_wakeup(self, now: float) -> float | None:
         """When :meth:`reevaluate` could change something without new results (the end of
         a damping suppression), or None. May be <= now: reevaluate right away then."""

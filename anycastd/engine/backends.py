@@ -21,7 +21,7 @@ from anycastd.core.health import (
     ServiceParams,
     ServiceState,
 )
-from anycastd.engine.probes import build_probe
+from anycastd.engine.probes import check_spec
 from anycastd.engine.scheduler import CheckSpec
 
 
@@ -50,18 +50,7 @@ class Backends:
                     policy=Policy.parse("all"),
                     start_state=start,
                 )
-                self.specs.extend(
-                    CheckSpec(
-                        service=name,
-                        check=c.name,
-                        probe=build_probe(c),
-                        interval=c.interval,
-                        fast_interval=c.fast_interval,
-                        timeout=c.timeout,
-                        jitter=c.jitter,
-                    )
-                    for c in rs.checks
-                )
+                self.specs.extend(check_spec(name, c) for c in rs.checks)
 
     def initial(
         self, previous: Mapping[str, ServiceHealth], now: float

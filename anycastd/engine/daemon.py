@@ -46,7 +46,7 @@ from anycastd.core.health import (
 )
 from anycastd.engine.backends import Backends
 from anycastd.engine.controller import WITHDRAW_SETTLE, Controller, settled
-from anycastd.engine.probes import build_probe
+from anycastd.engine.probes import check_spec
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
 from anycastd.engine.world import World, WorldFactory, build_world
 from anycastd.errors import StartupError
@@ -85,18 +85,7 @@ def service_params(svc: ServiceConfig) -> ServiceParams:
 
 
 def check_specs(svc: ServiceConfig) -> list[CheckSpec]:
-    return [
-        CheckSpec(
-            service=svc.name,
-            check=c.name,
-            probe=build_probe(c),
-            interval=c.interval,
-            fast_interval=c.fast_interval,
-            timeout=c.timeout,
-            jitter=c.jitter,
-        )
-        for c in svc.checks
-    ]
+    return [check_spec(svc.name, c) for c in svc.checks]
 
 
 def carry_over(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from anycastd import config as cfg
+from anycastd.engine.scheduler import CheckSpec
 from healthchecks.dns import DnsProbe
 from healthchecks.exec import ExecProbe
 from healthchecks.file import FileProbe
@@ -44,3 +45,18 @@ def build_probe(check: cfg.TcpCheck | cfg.HttpCheck | cfg.DnsCheck | cfg.TlsChec
         options["env"] = None  # inherit anycastd's environment
     probe: Probe = _PROBES[type(check)](**options)
     return probe
+
+
+def check_spec(owner: str, check: cfg.TcpCheck | cfg.HttpCheck | cfg.DnsCheck | cfg.TlsCheck
+               | cfg.ExecCheck | cfg.FileCheck) -> CheckSpec:
+    """What the scheduler runs for ``check`` (effective timing from the config model);
+    ``owner`` is the service, or the real server's engine name."""
+    return CheckSpec(
+        service=owner,
+        check=check.name,
+        probe=build_probe(check),
+        interval=check.interval,
+        fast_interval=check.fast_interval,
+        timeout=check.timeout,
+        jitter=check.jitter,
+    )

@@ -283,26 +283,3 @@ def test_a_flap_while_suppressed_extends_the_suppression_below_the_suppress_leve
     assert h.next_wakeup(71.0) == pytest.approx(70.0 + 60 * math.log2(p / 750))
 
 
-def test_as_dict_is_a_json_ready_status_view() -> None:
-    h, _ = flapper().feed("c0", False, "refused", 10.0)
-    assert h.as_dict(70.0) == {
-        "service": "dns",
-        "state": "down",
-        "reason": "check c0 failed 1 time: refused",
-        "since": 10.0,
-        "policy": "all",
-        "maintenance": False,
-        "draining": False,
-        "damping": {"penalty": 500.0, "suppressed_until": None},
-        "checks": [
-            {
-                "name": "c0",
-                "state": "down",
-                "changing": False,
-                "last_ok": False,
-                "streak": 1,
-                "reason": "refused",
-                "since": 10.0,
-            }
-        ],
-    }
