@@ -31,10 +31,18 @@ import subprocess
 import sys
 import time
 from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from anycastd.core.health import CheckParams, CheckState, Policy, ServiceHealth, ServiceParams
+from anycastd.core.health import (
+    CheckParams,
+    CheckState,
+    Event,
+    Policy,
+    ServiceHealth,
+    ServiceParams,
+)
 from anycastd.engine.scheduler import CheckRun, CheckSpec, Probe, Scheduler
 from healthchecks.result import ProbeResult, Status
 from healthchecks.tcp import TcpProbe
@@ -177,15 +185,28 @@ async def bench(args: argparse.Namespace, endpoints: list[tuple[str, int]]) -> d
     measuring = False
     events = 0
 
+    observe_run: Callable[[CheckRun], None] | None = None
+    observe_events: Callable[[Sequence[Event]], None] | None = None
+    if args.metrics:  # the hooks the daemon attaches: per-check histogram + counters
+        from anycastd.observe.metrics import Metrics
+
+        metrics = Metrics()
+        metrics.sync(services)  # like the daemon: every check's series exist before runs
+        observe_run, observe_events = metrics.observe_run, metrics.observe_events
+
     def on_run(run: CheckRun) -> None:
+        if observe_run is not None:
+            observe_run(run)
         if measuring:
             lateness.append(run.lateness)
             latency.append(run.latency)
             counts["ok" if run.ok else "other"] += 1
 
-    def on_events(batch: object) -> None:
+    def on_events(batch: Sequence[Event]) -> None:
         nonlocal events
         events += 1
+        if observe_events is not None:
+            observe_events(batch)
 
     sched = Scheduler(
         specs,
@@ -255,9 +276,14 @@ def main() -> None:
     ap.add_argument("--probe", choices=["healthchecks", "raw", "null"], default="healthchecks")
     ap.add_argument("--hosts", type=int, default=4, help="listen on 127.0.0.1..N")
     ap.add_argument("--ports", type=int, default=8)
-    ap.add_argument("--base-port", type=int, default=42100)
+    ap.add_argument(
+        "--base-port", type=int, default=20100, help="keep below the ephemeral port range"
+    )
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after setup")
+    ap.add_argument(
+        "--metrics", action="store_true", help="attach Metrics.observe_run/observe_events"
+    )
     ap.add_argument("--listener", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -293,6 +319,7 @@ def main() -> None:
     result["machine"] = machine()
     result["loop"] = args.loop
     result["gc_freeze"] = args.gc_freeze
+    result["metrics"] = args.metrics
     result["loadavg_1m_before_after"] = [load_before[0], os.getloadavg()[0]]
     result["nofile"] = [soft, hard]
     result["command"] = " ".join([Path(sys.executable).name, *sys.argv])

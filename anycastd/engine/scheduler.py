@@ -5,10 +5,11 @@ is handed to ``on_events`` in order. All time comes from an injected :class:`Clo
 
 Theory of operation: one runner loop owns a heap of (due time, check). It sleeps until the
 earliest due time (or until a finished check pushes an earlier one), then starts every due
-check as a task in its TaskGroup, after taking a slot of the ``max_concurrent`` semaphore,
-so a full semaphore delays starts (visible as lateness) instead of piling up tasks. A run
-wraps the probe in a backstop timeout (the probe's own timeout plus slack), turns a timeout
-or an exception into a failed result, feeds the result to ``core.health`` and pushes the
+check as a task in its TaskGroup, after taking one of ``max_concurrent`` slots, so full
+slots delay starts (visible as lateness) instead of piling up tasks. A run wraps the probe
+in a backstop timeout (the probe's own timeout plus slack; on the real clock one shared
+timer per 100 ms of deadlines, see ``_Backstop``), turns a timeout or an exception into a
+failed result, feeds the result to ``core.health`` and pushes the
 next due time: ``base + interval`` (``fast_interval`` while the check is changing) plus a
 fresh random offset in ``[0, jitter]``; ``base`` never drifts with lateness and a run that
 overran its slot is rescheduled from its end. Damping wakeups (``next_wakeup``) go onto the
@@ -57,6 +58,11 @@ class Clock(Protocol):
     def timeout_at(self, t: float) -> contextlib.AbstractAsyncContextManager[object]:
         """Raise TimeoutError in the block if it is still running at time ``t``."""
         ...
+
+
+def _resolve(fut: asyncio.Future[bool], value: bool = False) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 class MonotonicClock:
@@ -131,12 +137,80 @@ class CheckRun:
         return self.started - self.scheduled
 
 
+class _Backstop:
+    """The scheduler's hard deadline on the real clock, coarse-grained and shared.
+
+    ``asyncio.timeout`` per run means one loop timer per run; a run that finishes early
+    leaves its cancelled timer in the loop's heap until it is due, so with thousands of
+    runs a second the heap holds thousands of dead timers and every timer operation pays
+    for them (~5 us a run measured). Here deadlines are rounded up to a ``tick`` grid and
+    one loop timer serves every run of a grid point: the backstop fires at most one tick
+    late, which is fine for a backstop that already adds slack to the probe's own timeout.
+    A run cut off by it is cancelled and sees TimeoutError, exactly as under
+    ``asyncio.timeout`` (an outside cancellation at the same time wins: CancelledError).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
+        self._loop = loop
+        self._tick = tick
+        self._buckets: dict[int, set[asyncio.Task[object]]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+
+    async def run(self, probe: Probe, probe_timeout: float, deadline: float) -> ProbeResultLike:
+        """``await probe.run(probe_timeout)``, cancelled into TimeoutError after
+        ``deadline`` (monotonic seconds, at most one tick late). Call it from a task."""
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("_Backstop.run needs a task")
+        key = math.ceil(deadline / self._tick)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = set()
+            # + pad: never before the deadline, even on a loop with 1 ms timers (uvloop)
+            when = self._loop.time() + (key * self._tick - time.monotonic()) + _EARLY_WAKE_PAD
+            self._timers[key] = self._loop.call_at(when, self._expire, key)
+        bucket.add(task)
+        try:
+            return await probe.run(probe_timeout)
+        except asyncio.CancelledError:
+            if task in self._expired:
+                self._expired.discard(task)
+                if task.uncancel() == 0:  # nobody else cancelled it: our deadline
+                    raise TimeoutError from None
+            raise
+        finally:
+            bucket.discard(task)
+            if task in self._expired:  # the probe swallowed our cancellation
+                self._expired.discard(task)
+                task.uncancel()
+
+    def _expire(self, key: int) -> None:
+        del self._timers[key]
+        for task in self._buckets.pop(key, ()):
+            if not task.done():
+                self._expired.add(task)
+                task.cancel()
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._buckets.clear()
+        self._expired.clear()
+
+
 @dataclass(slots=True, eq=False)
 class _Slot:
     spec: CheckSpec
     base: float = 0.0  # the un-jittered schedule point of the next run
     dead: bool = False  # removed by a reload: skip its heap entry, drop a result in flight
 
+
+# real clock: backstop deadlines are rounded up to this grid (see _Backstop)
+_BACKSTOP_TICK = 0.1
+# real clock: extra sleep after a wakeup that found nothing due (see _runner)
+_EARLY_WAKE_PAD = 0.001
 
 _OnEvents = Callable[[Sequence[Event]], None]
 _OnRun = Callable[[CheckRun], None]
@@ -151,7 +225,8 @@ class Scheduler:
     each finished probe run. Callback exceptions are logged, never fatal.
     ``stagger`` spreads the first runs uniformly over one interval (no synchronized
     bursts; costs up to one interval before the first result); without it the first run
-    is at start + jitter. ``timeout_slack`` is added to a check's timeout for the backstop.
+    is at start + jitter. ``timeout_slack`` is added to a check's timeout for the backstop
+    (on the real clock the backstop may fire up to ~0.1 s later still: a coarse timer).
     """
 
     def __init__(
@@ -176,7 +251,9 @@ class Scheduler:
             (spec.service, spec.check): _Slot(spec) for spec in self._runnable(checks, services)
         }
         self._started = False
-        self._sem = asyncio.Semaphore(max_concurrent)
+        self._max_concurrent = max_concurrent
+        self._inflight = 0  # runs started (tasks created) and not finished: <= max
+        self._slot_free: asyncio.Future[bool] | None = None  # the runner waits for a slot
         self._on_events = on_events
         self._on_run = on_run
         self._stagger = stagger
@@ -184,8 +261,10 @@ class Scheduler:
         self._heap: list[tuple[float, int, _Slot | str]] = []
         self._seq = itertools.count()
         self._wakeups: dict[str, float] = {}  # service -> reevaluate time already queued
-        self._wake = asyncio.Event()
+        # the runner's sleep; done = wake up (True: by its timer on the real clock)
+        self._wake: asyncio.Future[bool] | None = None
         self._sleeping_until: float | None = None
+        self._backstop: _Backstop | None = None  # while run() runs on the real clock
         self._running = 0
         self._peak_running = 0
 
@@ -258,73 +337,113 @@ class Scheduler:
         self._schedule_first(list(self._slots.values()))
         for service, h in self._health.items():
             self._queue_wakeup(service, h)
+        if type(self._clock) is MonotonicClock:
+            self._backstop = _Backstop(asyncio.get_running_loop(), _BACKSTOP_TICK)
         try:
             async with asyncio.TaskGroup() as tg:
                 await self._runner(tg)
         finally:
+            if self._backstop is not None:
+                self._backstop.close()
+                self._backstop = None
             self._started = False
             self._heap.clear()
             self._wakeups.clear()
             self._sleeping_until = None
 
     async def _runner(self, tg: asyncio.TaskGroup) -> None:
+        # The hot loop: 10,000 checks a second pass here. Hence a counter and a future
+        # instead of an asyncio.Semaphore (no coroutine per start), and, on the real clock,
+        # a plain loop timer to end the sleep instead of a timeout scope (which cancels
+        # the task and raises and catches an exception at every wakeup).
+        clock = self._clock
+        heap = self._heap
+        loop = asyncio.get_running_loop()
+        real_clock = type(clock) is MonotonicClock
+        timer_woke = False
         while True:
-            now = self._clock.now()
-            while self._heap and self._heap[0][0] <= now:
-                due, _, item = heapq.heappop(self._heap)
+            now = clock.now()
+            # a loop whose timers are coarser than the clock (uvloop: 1 ms) wakes us a
+            # little early; without a pad the next sleep rounds to 0 and the loop spins
+            early = timer_woke and bool(heap) and heap[0][0] > now
+            pad = _EARLY_WAKE_PAD if early else 0.0
+            timer_woke = False
+            while heap and heap[0][0] <= now:
+                due, _, item = heapq.heappop(heap)
                 if isinstance(item, str):
                     self._reevaluate(item, due)
                     continue
                 if item.dead:
                     continue
-                await self._sem.acquire()
+                while self._inflight >= self._max_concurrent:
+                    self._slot_free = loop.create_future()
+                    try:
+                        await self._slot_free
+                    finally:
+                        self._slot_free = None
+                self._inflight += 1
                 try:
                     tg.create_task(self._run_one(item, due))
                 except BaseException:
-                    self._sem.release()
+                    self._inflight -= 1
                     raise
-                now = self._clock.now()
-            self._wake.clear()
-            until = self._heap[0][0] if self._heap else math.inf
+                now = clock.now()
+            until = heap[0][0] if heap else math.inf
+            self._wake = wake = loop.create_future()
             self._sleeping_until = until
             try:
                 if until == math.inf:
-                    await self._wake.wait()
+                    await wake
+                elif real_clock:
+                    when = loop.time() + (until - time.monotonic()) + pad
+                    timer = loop.call_at(when, _resolve, wake, True)
+                    try:
+                        timer_woke = await wake
+                    finally:
+                        timer.cancel()
                 else:
                     with contextlib.suppress(TimeoutError):
-                        async with self._clock.timeout_at(until):
-                            await self._wake.wait()
+                        async with clock.timeout_at(until):
+                            await wake
             finally:
                 self._sleeping_until = None
+                self._wake = None
 
     async def _run_one(self, slot: _Slot, due: float) -> None:
         spec = slot.spec
-        started = self._clock.now()
+        now = self._clock.now
+        started = now()
         self._running += 1
         self._peak_running = max(self._peak_running, self._running)
         try:
             try:
-                async with self._clock.timeout_at(started + spec.timeout + self._slack):
-                    result = await spec.probe.run(spec.timeout)
-                ok = result.status.value == "ok"
-                status, reason, latency = str(result.status.value), result.reason, result.latency
+                deadline = started + spec.timeout + self._slack
+                if self._backstop is not None:  # the real clock: a shared, coarse timer
+                    result = await self._backstop.run(spec.probe, spec.timeout, deadline)
+                else:  # an injected clock: exact times
+                    async with self._clock.timeout_at(deadline):
+                        result = await spec.probe.run(spec.timeout)
+                status = str(result.status.value)
+                ok, reason, latency = status == "ok", result.reason, result.latency
             except TimeoutError:
                 ok, status = False, "timeout"
                 reason = f"no result within {spec.timeout:g}s"
-                latency = self._clock.now() - started
+                latency = now() - started
             except Exception as exc:  # a broken probe is a failed check, not a dead task
                 ok, status = False, "error"
                 reason = f"probe raised {type(exc).__name__}: {exc}"
-                latency = self._clock.now() - started
+                latency = now() - started
         finally:
             self._running -= 1
-            self._sem.release()
-        finished = self._clock.now()
+            self._inflight -= 1
+            if self._slot_free is not None:
+                _resolve(self._slot_free)
+        finished = now()
         if slot.dead:  # removed by a reload while it ran
             return
         step = self._health[spec.service].feed(spec.check, ok, reason, finished)
-        self._apply(step)
-        if self._on_run is not None:
+        self._apply(step, finished)
+        if self._on_run is not None:  # the record is built only for someone to read it
             run = CheckRun(
                 spec.service, spec.check, ok, status, reason, latency, due, started, finished
             )
@@ -360,22 +479,24 @@ class Scheduler:
             self._push(slot.base + self._jitter(slot.spec), slot)
 
     def _jitter(self, spec: CheckSpec) -> float:
-        return self._rng.uniform(0.0, spec.jitter) if spec.jitter > 0 else 0.0
+        # == rng.uniform(0, jitter) (same draws, same values) without its call overhead
+        return spec.jitter * self._rng.random() if spec.jitter > 0 else 0.0
 
     def _push(self, due: float, item: _Slot | str) -> None:
         heapq.heappush(self._heap, (due, next(self._seq), item))
-        if self._sleeping_until is not None and due < self._sleeping_until:
-            self._wake.set()
+        wake, until = self._wake, self._sleeping_until
+        if wake is not None and until is not None and due < until:
+            _resolve(wake)
 
-    def _apply(self, step: Step) -> Step:
+    def _apply(self, step: Step, now: float | None = None) -> Step:
         self._health[step.health.name] = step.health
         if step.events and self._on_events is not None:
             self._call(self._on_events, step.events)
-        self._queue_wakeup(step.health.name, step.health)
+        self._queue_wakeup(step.health.name, step.health, now)
         return step
 
-    def _queue_wakeup(self, service: str, h: ServiceHealth) -> None:
-        when = h.next_wakeup(self._clock.now())
+    def _queue_wakeup(self, service: str, h: ServiceHealth, now: float | None = None) -> None:
+        when = h.next_wakeup(self._clock.now() if now is None else now)
         if when is not None and self._wakeups.get(service) != when:
             self._wakeups[service] = when
             self._push(when, service)
