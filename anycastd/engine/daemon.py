@@ -19,6 +19,7 @@ are ``reconfigure``d (checks kept by name keep their counters), new ones start f
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -129,6 +130,16 @@ def log_events(events: Sequence[Event]) -> None:
 class _Flags:
     maintenance: bool = False
     draining: bool = False
+
+
+def freeze_heap() -> None:
+    """Move what start-up (or a reload) built into the GC's permanent generation.
+
+    The config, probes and health values live for the daemon's life; once frozen, full GC
+    passes stop walking them. Without it a full pass stalled the loop by 100-230 ms at
+    10,000 checks; with it p99 lateness stayed under 6 ms (bench/README_checks.md)."""
+    gc.collect()
+    gc.freeze()
 
 
 def startup_hold(config: Config) -> float:
@@ -355,6 +366,7 @@ class Daemon:
             metrics=self.metrics,
             withdraw_settle=WITHDRAW_SETTLE if isinstance(world.speaker, ExabgpSpeaker) else 0.0,
         )
+        freeze_heap()
         try:
             await self._start_api()
             return await self._main_loop(duration, world, self.controller)
@@ -492,6 +504,7 @@ class Daemon:
         if new.api != old_config.api:
             event(log, "api_change_needs_restart", level=logging.WARNING,
                   detail="[api] changed; the listener changes at the next restart")
+        freeze_heap()
         event(log, "reloaded", config=str(path), changed=changed,
               unchanged=len(new.services) - len([n for n in changed if n in new.services]))
         self.notifier.ready(f"{len(new.services)} services")
