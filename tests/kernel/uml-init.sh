@@ -30,6 +30,10 @@ echo 1 > /proc/sys/kernel/sysrq
 
 out="$ANYCASTD_OUT"
 checkout="$ANYCASTD_CHECKOUT"
+# A checkout under /tmp, /run or /var/tmp (CI clones anywhere) is hidden by the fresh tmpfs
+# mounted there above: make its mount point on that tmpfs (a no-op on the read-only root,
+# where the directory already exists).
+mkdir -p "$checkout" 2>/dev/null || true
 if ! mount -t hostfs -o "$checkout" hostfs "$checkout"; then
     echo "uml-init: cannot mount $checkout writable" >&2
     poweroff_now
