@@ -1,8 +1,9 @@
-"""Command line: ``anycastd run | check-config | probe | demo``.
+"""Command line: ``anycastd run | check-config | probe | status | maintenance | drain``,
+``demo``.
 
 Exit codes follow sysexits(3): 0 ok, 1 a probe found the service unhealthy, 64 usage,
-66 the config file is missing, 70 internal error (a bug: the only case with a traceback),
-78 the config is invalid. A user error is one clear message on stderr, never a traceback.
+66 the config file is missing, 69 cannot start or reach the daemon, 70 internal error (a
+bug: the only case with a traceback), 78 the config is invalid. A user error is one clear message on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     host, port = _api_address(load(args.config))
     try:
         doc = fetch_status(host, port)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: an answer that is not a status
         sys.stderr.write(f"anycastd: daemon not reachable at {host}:{port}: {exc}\n")
         return EX_UNAVAILABLE
     print(json.dumps(doc, indent=2) if args.json else render_text(doc, checks=args.checks))

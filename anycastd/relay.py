@@ -134,6 +134,17 @@ class Relay:
             time.sleep(_BACKOFF_MIN)
 
 
+def _serve_or_die(relay: Relay) -> None:
+    """The socket side must never die quietly: stdin would still be drained, so ExaBGP
+    would not respawn us and anycastd could never reconnect (its routes frozen, failing
+    open). Any unexpected error ends the process; ExaBGP then starts a fresh relay."""
+    try:
+        relay.serve()
+    except BaseException as exc:  # see the docstring
+        sys.stderr.write(f"anycastd-exabgp-relay: socket side failed: {exc!r}\n")
+        os._exit(70)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 64
     _set_pdeathsig(signal.SIGTERM)
     relay = Relay(args[0])
-    threading.Thread(target=relay.serve, name="relay-socket", daemon=True).start()
+    threading.Thread(target=_serve_or_die, args=(relay,), name="relay-socket", daemon=True).start()
     relay.pump_stdin()
     # stdin EOF: ExaBGP is gone (or closed our pipe); so are we.
     os._exit(0)

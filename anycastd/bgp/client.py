@@ -126,6 +126,12 @@ class ApiConnection:
             except (OSError, RuntimeError) as exc:
                 self._close(str(exc))
                 raise TransientError(ACTUATOR, f"connection lost: {exc}") from exc
+            except asyncio.CancelledError:
+                # The answer to this command may still come and would be taken as the
+                # answer to the next one: drop the connection (the relay reconnects and
+                # the speaker re-reads the adj-rib-out).
+                self._close("cancelled while waiting for an answer")
+                raise
 
 
 class _Rejected(Exception):

@@ -43,6 +43,8 @@ exabgp_log = logging.getLogger("anycastd.exabgp")
 _PR_SET_PDEATHSIG = 1
 #: An ExaBGP that ran this long before exiting restarts without the accumulated backoff.
 _STABLE_RUN = 60.0
+#: ``exabgp validate`` parses one small file; minutes mean it hangs.
+VALIDATE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class ExabgpSpeaker:
         self._resync_wanted = asyncio.Event()
         self._connected_event = asyncio.Event()
         self._synced = False
+        self._ever_synced = False
         self.exabgp_pid: int | None = None
         self.exabgp_starts = 0
         self.commands_sent = 0
@@ -210,6 +213,11 @@ class ExabgpSpeaker:
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed.is_set()
+
+    @property
+    def ever_synced(self) -> bool:
+        """``sent`` has been read back at least once since the speaker started."""
+        return self._ever_synced
 
     @property
     def synced(self) -> bool:
@@ -261,15 +269,25 @@ class ExabgpSpeaker:
         fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # md5 passwords
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        proc = await asyncio.create_subprocess_exec(
-            settings.exabgp,
-            "validate",
-            str(candidate),
-            env=self._env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                settings.exabgp,
+                "validate",
+                str(candidate),
+                env=self._env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as exc:
+            raise PermanentError(ACTUATOR, f"cannot run {settings.exabgp!r}: {exc}") from exc
+        try:
+            async with asyncio.timeout(VALIDATE_TIMEOUT):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            await _terminate(proc)
+            raise PermanentError(
+                ACTUATOR, f"`exabgp validate` gave no answer within {VALIDATE_TIMEOUT:.0f}s"
+            ) from None
         if proc.returncode != 0:
             message = " | ".join(
                 line.strip() for line in out.decode("utf-8", "replace").splitlines() if line.strip()
@@ -436,7 +454,7 @@ class ExabgpSpeaker:
                          extra={"prefixes": sorted({k[1] for k in foreign})})
             observed = {k: v for k, v in observed.items() if k not in foreign}
         self._sent = observed
-        self._synced = True
+        self._synced = self._ever_synced = True
 
     def _load_owned(self) -> set[str]:
         try:
@@ -502,22 +520,34 @@ class ExabgpSpeaker:
 
     async def _run_exabgp_once(self) -> None:
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            self.settings.exabgp,
-            str(self.config_path),
-            env=self._env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_pdeathsig(signal.SIGTERM),  # fail closed: ExaBGP dies with anycastd
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.settings.exabgp,
+                str(self.config_path),
+                env=self._env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_pdeathsig(signal.SIGTERM),  # fail closed: dies with anycastd
+                limit=1 << 20,  # a long log line must not end the log pump
+            )
+        except OSError as exc:  # replaced during an upgrade, EAGAIN...: try again later
+            log.error("cannot start ExaBGP; retrying", extra={"error": str(exc)})  # noqa: TRY400
+            raise _ExabgpExited from exc
         self.exabgp_pid = proc.pid
         self.exabgp_starts += 1
         log.info("ExaBGP started", extra={"exabgp_pid": proc.pid})
         try:
             if proc.stdout is None:  # pragma: no cover - PIPE was requested
                 raise RuntimeError("ExaBGP stdout is not a pipe")
-            async for raw in proc.stdout:
+            while True:
+                try:
+                    raw = await proc.stdout.readline()
+                except ValueError:  # a line over the limit: asyncio dropped it; go on
+                    log.warning("ExaBGP wrote an over-long log line; skipped")
+                    continue
+                if not raw:
+                    break
                 log_exabgp_line(raw, proc.pid)
             rc = await proc.wait()
         finally:

@@ -21,6 +21,7 @@ Blocking actuators (netlink) run in a worker thread, one call at a time.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -28,14 +29,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from anycastd.actuators.errors import ActuatorError
+from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.actuators.ipvs import IpvsActuator, IpvsObserved, VirtualService
 from anycastd.actuators.loopback import LoopbackActuator, LoopbackObserved
 from anycastd.bgp import plan as bgp_plan
 from anycastd.bgp.model import BgpSettings, Route
 from anycastd.config import Config
 from anycastd.core.desired import Desired, RealServerKey, compute
-from anycastd.core.health import ServiceState
+from anycastd.core.health import CheckState, ServiceHealth, ServiceState
 from anycastd.core.plan import (
     BgpStep,
     ControllerState,
@@ -67,6 +68,11 @@ MAX_PASSES = 8
 WITHDRAW_SETTLE = 0.05
 
 
+#: A pass running longer than this is stuck (a hung netlink call, a wedged speaker): the
+#: daemon stops feeding the systemd watchdog, so systemd restarts it.
+STALL_LIMIT = 120.0
+
+
 class RouteSpeaker(Protocol):
     """What the controller needs of a speaker: take a route set, show its RIB-out."""
 
@@ -75,15 +81,18 @@ class RouteSpeaker(Protocol):
     @property
     def sent(self) -> Mapping[bgp_plan.RibKey, bgp_plan.ResolvedAttributes]: ...
 
+    @property
+    def ever_synced(self) -> bool:
+        """``sent`` has been read back from the speaker at least once (else it is empty
+        for lack of knowledge, not because nothing is announced)."""
+        ...
+
 
 class NullSpeaker:
-    """No ``[bgp]`` section: routes go nowhere, but the planner still sees what it 'sent'."""
-
-    def __init__(self) -> None:
-        self.routes: frozenset[Route] = frozenset()
+    """No ``[bgp]`` section: routes go nowhere; the controller remembers what it 'sent'."""
 
     async def set_routes(self, routes: Iterable[Route]) -> None:
-        self.routes = frozenset(routes)
+        del routes
 
 
 @dataclass
@@ -93,18 +102,19 @@ class _Backoff:
     failures: int = 0
 
     def next(self, rng: random.Random) -> float:
-        delay = min(self.cap, self.base * 2**self.failures)
-        self.failures += 1
+        # the exponent stops growing long before the cap matters (and before float overflow)
+        delay = min(self.cap, self.base * 2 ** min(self.failures, 16))
+        self.failures = min(self.failures + 1, 16)
         return float(delay * rng.uniform(0.8, 1.0))
 
 
-def settled(states: Mapping[str, object]) -> bool:
+def settled(states: Mapping[str, ServiceHealth]) -> bool:
     """True when every service's health says something (see the module docstring)."""
     for health in states.values():
-        if getattr(health, "state", None) is not ServiceState.DOWN:
+        if health.state is not ServiceState.DOWN:
             continue
-        for check in getattr(health, "checks", ()):
-            if check.state.value == "down" and check.run_ok is not False:
+        for check in health.checks:
+            if check.state is CheckState.DOWN and check.run_ok is not False:
                 return False
     return True
 
@@ -150,6 +160,13 @@ class Controller:
         self.passes = 0
         self._wake = asyncio.Event()
         self._io = asyncio.Lock()  # one actuator call at a time, even across a cancel
+        # netlink calls get a thread of their own: the default pool is shared with probes,
+        # and a probe stuck in the kernel (a hung NFS stat) must not starve the controller
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="anycastd-netlink"
+        )
+        #: when the pass in progress started (None between passes): the watchdog's input
+        self.busy_since: float | None = None
         self._backoff = _Backoff()
         self._retry_at: float | None = None
         self._hints: frozenset[Route] = frozenset()
@@ -179,6 +196,10 @@ class Controller:
             owned = self.ipvs.owned()
         if isinstance(self.speaker, NullSpeaker) or self.bgp_settings is None:
             announced = self._last_routes
+        elif not self.speaker.ever_synced:
+            # Nothing read back yet: an empty RIB-out here means "unknown", and planning on
+            # it could take addresses away under routes an external ExaBGP still announces.
+            raise TransientError("exabgp", "the announced routes have not been read back yet")
         else:
             announced = routes_from_rib(self.speaker.sent, self.bgp_settings, self._hints)
         return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned)
@@ -190,6 +211,20 @@ class Controller:
 
     async def reconcile(self, *, shutdown: bool = False) -> Plan:
         """Observe, plan and execute until the world converges or a step fails."""
+        self.busy_since = self.clock.now()
+        try:
+            return await self._reconcile(shutdown)
+        finally:
+            self.busy_since = None
+
+    def stalled(self) -> bool:
+        """A pass has been running for longer than :data:`STALL_LIMIT`."""
+        return self.busy_since is not None and self.clock.now() - self.busy_since > STALL_LIMIT
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _reconcile(self, shutdown: bool) -> Plan:
         result = Plan(self.state, (), None, False, ())
         for _ in range(MAX_PASSES):
             desired = self.desired()
@@ -241,23 +276,24 @@ class Controller:
                       local_preference=attrs.local_preference,
                       communities=list(attrs.communities), prepend=attrs.as_path_prepend)
             withdrawn = sorted(held - {r.prefix for r in step.routes})
-            for prefix in withdrawn:
-                event(log, "bgp_withdraw", prefix=prefix)
             await self.speaker.set_routes(step.routes)
+            for prefix in withdrawn:  # logged once done: a log line never claims a failure
+                event(log, "bgp_withdraw", prefix=prefix)
             self._last_routes = self._held = step.routes
             self._count("exabgp", 1)
             return bool(withdrawn)
         if isinstance(step, LoopbackStep):
+            await self._in_thread(self.loopback.apply, list(step.actions))
             for a in step.actions:
                 event(log, "loopback", action=str(a))
-            await self._in_thread(self.loopback.apply, list(step.actions))
             self._count("loopback", len(step.actions))
         elif isinstance(step, IpvsStep):
-            if self.ipvs is None:
-                return False
+            if self.ipvs is None:  # a reload that adds the first IPVS service is refused
+                raise PermanentError("ipvs", "no IPVS actuator (IPVS was not configured at "
+                                     "start; restart anycastd)")
+            await self._in_thread(self.ipvs.apply, list(step.actions))
             for ia in step.actions:
                 event(log, "ipvs", action=repr(ia))
-            await self._in_thread(self.ipvs.apply, list(step.actions))
             self._count("ipvs", len(step.actions))
         return False
 
@@ -266,7 +302,7 @@ class Controller:
         the caller is cancelled, the lock is held until the call has really ended, so the
         next pass (e.g. shutdown) never observes or writes while it still runs."""
         async with self._io:
-            fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            fut = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
             try:
                 return await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -302,7 +338,13 @@ class Controller:
     def _next_wake(self) -> float:
         now = self.clock.now()
         candidates = [now + self.config.global_.reconcile_interval]
-        if self.last_plan is not None and self.last_plan.next_wakeup is not None:
+        # after a failure the retry time rules: the last plan's wake-up may be in the past
+        # (a drain that ended while observing failed) and would make a tight loop
+        if (
+            self._retry_at is None
+            and self.last_plan is not None
+            and self.last_plan.next_wakeup is not None
+        ):
             candidates.append(self.last_plan.next_wakeup)
         if self._retry_at is not None:
             candidates.append(self._retry_at)
@@ -331,11 +373,16 @@ class Controller:
         """Apply every service's shutdown policy in order; True when complete within
         ``limit`` seconds (drains included)."""
         deadline = self.clock.now() + limit
-        while self.clock.now() < deadline:
-            result = await self.reconcile(shutdown=True)
-            if result.shutdown_complete:
-                return True
-            await self._sleep(min(deadline, self._next_wake()))
+        try:
+            # a backstop on the loop's own time: also ends a pass that hangs in a call
+            async with asyncio.timeout(limit + 1.0):
+                while self.clock.now() < deadline:
+                    result = await self.reconcile(shutdown=True)
+                    if result.shutdown_complete:
+                        return True
+                    await self._sleep(min(deadline, self._next_wake()))
+        except TimeoutError:
+            pass
         return False
 
 

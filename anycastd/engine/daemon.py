@@ -49,7 +49,7 @@ from anycastd.engine.backends import Backends
 from anycastd.engine.controller import WITHDRAW_SETTLE, Controller, settled
 from anycastd.engine.probes import check_spec
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
-from anycastd.engine.world import World, WorldFactory, build_world
+from anycastd.engine.world import World, WorldFactory, bgp_settings, build_world
 from anycastd.errors import StartupError
 from anycastd.observe.api import ApiServer, FlagKind, create_app
 from anycastd.observe.logs import configure as configure_logging
@@ -210,6 +210,7 @@ class Daemon:
         self.reload_ok: bool | None = None
         self.shutdown_complete: bool | None = None
         self.sysctl_drift: list[sysctl.SysctlDrift] = []
+        self._node_maint = False
 
     @property
     def scheduler(self) -> Scheduler:
@@ -376,6 +377,8 @@ class Daemon:
             if self._api is not None:
                 await self._api.stop()
             world.close()
+            if self.controller is not None:
+                self.controller.close()
 
     def _sysctls(self) -> None:
         """Set (``global.manage_sysctls``) or report what the forwarding methods need."""
@@ -430,13 +433,13 @@ class Daemon:
                     self._reload_requested = False
                     await self._do_reload()
             self.notifier.stopping()
-            event(log, "stopping", limit=shutdown_limit(self.config))
+            limit = shutdown_limit(self.config)
+            event(log, "stopping", limit=limit)
             ctl_task.cancel()
-            try:
-                self.shutdown_complete = await controller.shutdown(shutdown_limit(self.config))
-            except ActuatorError as exc:
-                self.shutdown_complete = False
-                event(log, "shutdown_error", level=logging.ERROR, error=str(exc))
+            # let the cancelled pass unwind (its speaker command closes its connection)
+            # before the shutdown passes observe and write
+            await asyncio.wait([ctl_task])
+            self.shutdown_complete = await controller.shutdown(limit)
             if not self.shutdown_complete:
                 event(log, "shutdown_incomplete", level=logging.ERROR,
                       detail="the shutdown policy did not finish in time; exiting anyway")
@@ -464,15 +467,15 @@ class Daemon:
             self._reject(path, len(exc.issues), str(exc))
             return
         world = self.world
+        had_ipvs = world is not None and world.ipvs is not None
+        wants_ipvs = any(s.ipvs is not None for s in new.services.values())
         if (new.bgp is None) != (self.config.bgp is None) or (
             new.global_.interface != self.config.global_.interface
-        ):
-            self._reject(path, 1, "adding or removing [bgp] or changing global.interface "
-                         "needs a restart")
+        ) or (wants_ipvs and not had_ipvs):
+            self._reject(path, 1, "adding or removing [bgp], the first [ipvs] service, or "
+                         "changing global.interface needs a restart")
             return
         if world is not None and isinstance(world.speaker, ExabgpSpeaker) and new.bgp:
-            from anycastd.engine.world import bgp_settings
-
             settings = bgp_settings(new.bgp)
             try:
                 await world.speaker.update_settings(settings)
@@ -521,16 +524,28 @@ class Daemon:
             self._sync_flags()
             await asyncio.sleep(FLAG_POLL_INTERVAL)
 
+    def _flag_file(self, path: Path | None, previous: bool) -> bool:
+        """Whether a flag file exists. When that cannot be told (EACCES, EIO, a stale
+        mount), the previous value stands and the problem is logged."""
+        if path is None:
+            return False
+        try:
+            return path.exists()
+        except OSError as exc:
+            event(log, "flag_file_unreadable", level=logging.WARNING, path=str(path),
+                  error=str(exc), keeping=previous)
+            return previous
+
     def _sync_flags(self) -> None:
         """Maintenance and drain: per-service files, API flags, the node maintenance file."""
-        node_file = self.config.global_.maintenance_file
-        node_maint = node_file is not None and node_file.exists()
+        node_maint = self._flag_file(self.config.global_.maintenance_file, self._node_maint)
+        self._node_maint = node_maint
         for name, svc in self.config.services.items():
             api = self._api_flags.get(name, _Flags())
-            own_file = svc.maintenance_file is not None and svc.maintenance_file.exists()
-            maintenance = node_maint or own_file or api.maintenance
-            draining = api.draining or (svc.drain_file is not None and svc.drain_file.exists())
             have = self.scheduler.health(name)
+            own_file = self._flag_file(svc.maintenance_file, have.maintenance)
+            maintenance = node_maint or own_file or api.maintenance
+            draining = api.draining or self._flag_file(svc.drain_file, have.draining)
             if maintenance != have.maintenance:
                 why = ("node maintenance file present" if node_maint
                        else "maintenance file present" if own_file
@@ -546,7 +561,13 @@ class Daemon:
         if interval is None:
             return
         while True:
-            self.notifier.watchdog()
+            # A controller stuck in one pass (a hung netlink call, a wedged speaker) stops
+            # the pings: systemd then restarts anycastd instead of trusting a live loop.
+            if self.controller is None or not self.controller.stalled():
+                self.notifier.watchdog()
+            else:
+                event(log, "watchdog_withheld", level=logging.ERROR,
+                      detail="a reconcile pass is stuck; letting systemd restart anycastd")
             await asyncio.sleep(interval)
 
 

@@ -81,6 +81,11 @@ class FakeSpeaker:
         return self._connected
 
     @property
+    def ever_synced(self) -> bool:
+        """The fake's RIB is always known (``disconnect`` makes writes fail instead)."""
+        return True
+
+    @property
     def sent(self) -> Mapping[planner.RibKey, planner.ResolvedAttributes]:
         """The RIB-out as ExaBGP holds it (a copy), like ``ExabgpSpeaker.sent``: what the
         controller reads back as its observation of the speaker."""
