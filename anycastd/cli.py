@@ -3,7 +3,8 @@
 
 Exit codes follow sysexits(3): 0 ok, 1 a probe found the service unhealthy, 64 usage,
 66 the config file is missing, 69 cannot start or reach the daemon, 70 internal error (a
-bug: the only case with a traceback), 78 the config is invalid. A user error is one clear message on stderr, never a traceback.
+bug: the only case with a traceback), 78 the config is invalid. A user error is one clear
+message on stderr, never a traceback.
 """
 
 from __future__ import annotations
