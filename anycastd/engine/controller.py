@@ -49,6 +49,7 @@ from anycastd.core.plan import (
     routes_from_rib,
 )
 from anycastd.engine.scheduler import Clock
+from anycastd.errors import StartupError
 from anycastd.observe.logs import event
 from anycastd.observe.metrics import Metrics
 
@@ -216,6 +217,17 @@ class Controller:
             return await self._reconcile(shutdown)
         finally:
             self.busy_since = None
+
+    async def check_ipvs(self) -> None:
+        """Fail start-up clearly when a service declares [ipvs] and the kernel has none."""
+        if self.ipvs is None:
+            return
+        try:
+            await self._in_thread(self.ipvs.observe)
+        except ActuatorError as exc:
+            raise StartupError(
+                f"a service declares [ipvs] but IPVS is not usable here: {exc.message}"
+            ) from None
 
     def stalled(self) -> bool:
         """A pass has been running for longer than :data:`STALL_LIMIT`."""

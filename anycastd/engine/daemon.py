@@ -369,6 +369,7 @@ class Daemon:
         )
         freeze_heap()
         try:
+            await self.controller.check_ipvs()
             await self._start_api()
             return await self._main_loop(duration, world, self.controller)
         except* StartupError as group:

@@ -80,16 +80,11 @@ def build_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> 
     closers.append(lo.close)
     ipvs: IpvsNetlink | None = None
     if _needs_ipvs(config):
+        # Opened lazily, on the controller's netlink thread: pyroute2's synchronous IPVS
+        # runs an event loop of its own and cannot start inside the daemon's running loop.
+        # The controller checks that IPVS is usable before anything else (check_ipvs).
         ipvs = IpvsNetlink(Path(g.state_dir))
         closers.append(ipvs.close)
-        try:
-            ipvs.observe()
-        except ActuatorError as exc:
-            for close in closers:
-                close()
-            raise StartupError(
-                f"a service declares [ipvs] but IPVS is not usable here: {exc.message}"
-            ) from None
     settings = bgp_settings(config.bgp) if config.bgp is not None else None
     speaker: ExabgpSpeaker | NullSpeaker
     if settings is not None:
