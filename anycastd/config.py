@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import re
 import socket
 import tomllib
@@ -956,16 +957,29 @@ def load_config(path: Path) -> Config:
     main_doc = _parse(str(path), main_bytes, issues)
     documents.append((str(path), main_doc or {}))
     dropin_dir = path.parent / DROPIN_DIR
-    if dropin_dir.is_dir():
-        for file in sorted(dropin_dir.glob("*.toml"), key=lambda p: p.name):
-            if file.name.startswith(".") or not file.is_file():
-                continue
-            try:
-                data = file.read_bytes()
-            except OSError as exc:
-                issues.append(ConfigIssue(str(file), "", f"cannot read: {exc.strerror}"))
-                continue
-            documents.append((str(file), _parse(str(file), data, issues) or {}))
+    names: list[str] = []
+    if dropin_dir.exists():
+        try:
+            names = sorted(n for n in os.listdir(dropin_dir) if n.endswith(".toml"))
+        except OSError as exc:  # unreadable, or not a directory: never skipped silently
+            issues.append(ConfigIssue(str(dropin_dir), "", f"cannot list: {exc.strerror}"))
+    for name in names:
+        if name.startswith("."):
+            continue
+        file = dropin_dir / name
+        # A drop-in that is not a regular file (a dangling symlink, a directory) is an
+        # error, never skipped: skipping it would make a reload drop its services.
+        if not file.is_file():
+            issues.append(ConfigIssue(
+                str(file), "", "is not a regular file (a dangling symlink or a directory?)"
+            ))
+            continue
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            issues.append(ConfigIssue(str(file), "", f"cannot read: {exc.strerror}"))
+            continue
+        documents.append((str(file), _parse(str(file), data, issues) or {}))
     if issues:
         raise ConfigError(issues)
     return _build(documents)

@@ -20,6 +20,9 @@ class DurationError(ValueError):
     """The value is not a duration; str() is a message fit for a person."""
 
 
+#: No interval, timeout or drain is longer than a year; bigger numbers are typos.
+MAX_DURATION = 365 * 86400.0
+
 def parse_duration(value: object) -> float:
     """Return the duration in seconds, or raise DurationError saying what is expected."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -38,7 +41,10 @@ def parse_duration(value: object) -> float:
         raise DurationError(
             f'expected a duration such as "250ms", "2s", "1m", "1h" or "7d", got "{value}"'
         )
-    return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+    seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+    if not seconds <= MAX_DURATION:  # also catches inf and nan from absurd digit strings
+        raise DurationError(f'"{value}" is longer than anything anycastd waits for (max 1y)')
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -886,3 +886,25 @@ def test_every_key_is_documented() -> None:
     assert len(_all_models()) > 20
     assert not documented("no_such_key")
     assert missing == set()
+
+
+def test_a_dropin_that_is_not_a_regular_file_is_an_error_not_skipped(tmp_path: Path) -> None:
+    # Skipping it would make a reload silently drop (withdraw) its services.
+    main = tmp_path / "anycastd.toml"
+    main.write_text("")
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "10-web.toml").symlink_to(tmp_path / "moved-away.toml")
+    (tmp_path / "conf.d" / "20-dir.toml").mkdir()
+    with pytest.raises(ConfigError) as info:
+        load_config(main)
+    files = {i.file for i in info.value.issues}
+    dropins = tmp_path / "conf.d"
+    assert files == {str(dropins / "10-web.toml"), str(dropins / "20-dir.toml")}
+    assert all("not a regular file" in i.message for i in info.value.issues)
+
+
+def test_absurd_durations_are_a_config_error_not_a_crash() -> None:
+    with pytest.raises(ConfigError) as info:
+        loads('[services.a]\nprefixes = ["192.0.2.1/32"]\ninterval = "' + "9" * 400 + 's"\n'
+              '[[services.a.checks]]\ntype = "file"\npath = "/x"\n')
+    assert any(i.key == "services.a.interval" for i in info.value.issues)
