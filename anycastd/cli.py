@@ -215,7 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"anycastd: {exc}\n")
         return EX_NOINPUT
     except ConfigError as exc:
-        sys.stderr.write(f"anycastd: invalid configuration ({len(exc.issues)} problems):\n{exc}\n")
+        n = len(exc.issues)
+        sys.stderr.write(
+            f"anycastd: invalid configuration ({n} problem{'' if n == 1 else 's'}):\n{exc}\n"
+        )
         return EX_CONFIG
     except UsageError as exc:
         sys.stderr.write(f"anycastd: {exc}\n")

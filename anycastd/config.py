@@ -574,6 +574,18 @@ class ExecCheck(_CheckBase):
     cwd: AbsPath | None = None
     output_limit: Annotated[int, Strict(), Field(ge=0)] = 4096
 
+    @model_validator(mode="after")
+    def _program_path(self) -> ExecCheck:
+        # "./check.sh" works from the operator's shell and fails under systemd (cwd /)
+        program = self.argv[0]
+        if "/" in program and not program.startswith("/") and self.cwd is None:
+            raise _err(
+                "relative_program",
+                f"argv[0] {program!r} is relative to an unknown directory: give an absolute "
+                "path, a bare name looked up on PATH, or set cwd",
+            )
+        return self
+
 
 class FileCheck(_CheckBase):
     type: Literal["file"]

@@ -908,3 +908,13 @@ def test_absurd_durations_are_a_config_error_not_a_crash() -> None:
         loads('[services.a]\nprefixes = ["192.0.2.1/32"]\ninterval = "' + "9" * 400 + 's"\n'
               '[[services.a.checks]]\ntype = "file"\npath = "/x"\n')
     assert any(i.key == "services.a.interval" for i in info.value.issues)
+
+
+def test_an_exec_check_with_a_relative_program_needs_cwd() -> None:
+    base = '[services.a]\nprefixes = ["192.0.2.1/32"]\n[[services.a.checks]]\ntype = "exec"\n'
+    with pytest.raises(ConfigError) as info:
+        loads(base + 'argv = ["./check.sh"]\n')
+    assert [i.key for i in info.value.issues] == ["services.a.checks[0]"]
+    assert "relative" in info.value.issues[0].message
+    loads(base + 'argv = ["./check.sh"]\ncwd = "/opt/checks"\n')  # explicit directory: fine
+    loads(base + 'argv = ["check-dns"]\n')  # a bare name is looked up on PATH
