@@ -9,6 +9,8 @@ and the node is left untouched (``anycastd run --dry-run``, and the demo).
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +44,22 @@ class World:
 WorldFactory = Callable[[Config, Callable[[PeerState], None]], World]
 
 
+def find_exabgp(name: str) -> str:
+    """``name`` on PATH, else beside this Python (the venv anycastd runs from: systemd's
+    PATH does not include it), else ``name`` unchanged (the speaker reports it missing)."""
+    if "/" in name or shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
 def bgp_settings(bgp: BgpConfig) -> BgpSettings:
     """The speaker's input from the validated ``[bgp]`` section."""
     return BgpSettings(
         router_id=str(bgp.router_id) if bgp.router_id is not None else "",
         local_as=int(bgp.local_as or 0),
         mode=bgp.mode,
-        exabgp=bgp.exabgp,
+        exabgp=find_exabgp(bgp.exabgp),
         next_hop=str(bgp.next_hop),
         graceful_restart=int(bgp.graceful_restart),
         neighbors=tuple(
