@@ -174,14 +174,14 @@ def _cmd_flag(args: argparse.Namespace) -> int:
     host, port = _api_address(load(args.config))
     try:
         code, body = post_flag(host, port, args.service, args.command, args.switch == "on")
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         sys.stderr.write(f"anycastd: daemon not reachable at {host}:{port}: {exc}\n")
         return EX_UNAVAILABLE
     if code == 404:
         raise UsageError(f"the daemon has no service {args.service!r}")
     if code != 200:
         sys.stderr.write(f"anycastd: the daemon answered {code}: {body}\n")
-        return EX_SOFTWARE
+        return EX_UNAVAILABLE
     print(f"{args.service}: {args.command} {args.switch} (state now {body.get('state')})")
     return EX_OK
 

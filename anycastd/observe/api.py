@@ -135,6 +135,11 @@ def _parse_on(raw: bytes) -> bool | str:
 def _flag_route(kind: FlagKind) -> _Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        if request.content_type != "application/json":
+            # A browser may send a "simple" cross-origin POST (text/plain, form) without
+            # asking first; requiring JSON makes it ask (CORS preflight), and we never allow.
+            return _error(415, "unsupported_media_type",
+                          'send Content-Type: application/json with {"on": true|false}')
         if request.content_length is not None and request.content_length > _MAX_BODY:
             return _error(413, "body_too_large", f"the body is limited to {_MAX_BODY} bytes")
         parsed = _parse_on(await request.content.read(_MAX_BODY + 1))
@@ -236,10 +241,15 @@ def _base(host: str, port: int) -> str:
 def _request(req: urllib.request.Request, timeout: float) -> tuple[int, Any]:
     import urllib.error
 
+    # the daemon is local: never through an http_proxy from the environment
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         # the URL is built from the validated [api] listen address: always http://host:port
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            return int(resp.status), json.loads(resp.read())
+        with opener.open(req, timeout=timeout) as resp:
+            try:
+                return int(resp.status), json.loads(resp.read())
+            except ValueError as exc:  # something else listens on the port
+                raise RuntimeError(f"the answer is not anycastd's JSON: {exc}") from None
     except urllib.error.HTTPError as exc:
         try:
             return exc.code, json.loads(exc.read())

@@ -227,6 +227,8 @@ async def test_post_flag_unknown_service_is_404(
         assert await r.json() == {"error": "unknown_service", "message": "no service named 'nope'"}
 
 
+JSON = {"Content-Type": "application/json"}
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -243,7 +245,7 @@ async def test_post_flag_unknown_service_is_404(
 async def test_post_flag_bad_body_is_400_with_a_clear_message(
     server: ApiServer, client: aiohttp.ClientSession, node: Node, body: bytes, message: str
 ) -> None:
-    async with client.post(server.url + "/services/dns/drain", data=body) as resp:
+    async with client.post(server.url + "/services/dns/drain", data=body, headers=JSON) as resp:
         assert resp.status == 400
         err = await resp.json()
     assert err["error"] == "bad_request"
@@ -254,8 +256,22 @@ async def test_post_flag_bad_body_is_400_with_a_clear_message(
 async def test_post_flag_oversized_body_is_rejected(
     server: ApiServer, client: aiohttp.ClientSession, node: Node
 ) -> None:
-    async with client.post(server.url + "/services/dns/drain", data=b" " * 10_000) as resp:
+    async with client.post(
+        server.url + "/services/dns/drain", data=b" " * 10_000, headers=JSON
+    ) as resp:
         assert resp.status == 413
+    assert node.calls == []
+
+
+async def test_post_flag_without_a_json_content_type_is_415(
+    server: ApiServer, client: aiohttp.ClientSession, node: Node
+) -> None:
+    # a browser's "simple" cross-origin POST (text/plain) must not set a flag
+    async with client.post(
+        server.url + "/services/dns/maintenance", data=b'{"on": true}',
+        headers={"Content-Type": "text/plain"},
+    ) as resp:
+        assert resp.status == 415
     assert node.calls == []
 
 
