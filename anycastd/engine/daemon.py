@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -313,8 +315,52 @@ class Daemon:
             flags.maintenance = on
         else:
             flags.draining = on
+        self._save_flags()
         self._sync_flags()
         return True
+
+    # Operator flags outlive the process: a node put into maintenance must not come back
+    # announcing after an upgrade, a crash or a watchdog restart.
+
+    def _flags_file(self) -> Path:
+        return Path(self.config.global_.state_dir) / "flags.json"
+
+    def _load_flags(self) -> None:
+        if self.world is not None and self.world.dry_run:
+            return
+        path = self._flags_file()
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            event(log, "flags_unreadable", level=logging.ERROR, path=str(path), error=str(exc))
+            return
+        for name, flags in (doc.items() if isinstance(doc, dict) else ()):
+            if name in self.config.services and isinstance(flags, dict):
+                self._api_flags[name] = _Flags(
+                    maintenance=flags.get("maintenance") is True,
+                    draining=flags.get("draining") is True,
+                )
+                event(log, "flags_restored", service=name, **flags)
+
+    def _save_flags(self) -> None:
+        if self.world is not None and self.world.dry_run:
+            return
+        path = self._flags_file()
+        doc = {
+            name: {"maintenance": f.maintenance, "draining": f.draining}
+            for name, f in sorted(self._api_flags.items())
+            if f.maintenance or f.draining
+        }
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            event(log, "flags_not_saved", level=logging.ERROR, path=str(path), error=str(exc),
+                  detail="the flag holds until anycastd restarts")
 
     async def _start_api(self) -> None:
         api = self.config.api
@@ -355,6 +401,7 @@ class Daemon:
         self.world = world = self._world_factory(self.config, self._on_peer)
         if not world.dry_run:
             self._sysctls()
+        self._load_flags()
         self.controller = Controller(
             self.config,
             loopback=world.loopback,

@@ -91,6 +91,8 @@ class Node:
     ipvs: FakeIpvs = field(default_factory=FakeIpvs)
     speaker: TimedSpeaker | None = None
     daemon: Daemon | None = None
+    #: a dry-run world keeps the daemon off the host (sysctls) and off its state files
+    dry_run: bool = True
 
     @property
     def path(self) -> Path:
@@ -100,7 +102,7 @@ class Node:
         assert config.bgp is not None
         self.speaker = TimedSpeaker(config)
         return World(self.lo, self.ipvs, self.speaker, bgp_settings(config.bgp),  # type: ignore[arg-type]
-                     dry_run=True)
+                     dry_run=self.dry_run)
 
     def announced(self) -> dict[str, tuple[str, ...]]:
         if self.speaker is None:
@@ -289,3 +291,22 @@ async def test_reload_that_removes_a_service_withdraws_it_and_removes_its_addres
         assert node.daemon.reload_ok is True
         assert set(node.daemon.scheduler.services) == {"a"}
         assert node.holds(A)
+
+
+
+async def test_api_flags_survive_a_restart(node: Node) -> None:
+    # An operator's maintenance must not end because anycastd was restarted.
+    node.dry_run = False  # state files are written (to tmp_path); no [ipvs]: no sysctls
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        assert node.daemon.set_flag("a", "maintenance", True) is True
+        await wait_for(lambda: node.announced() == {})
+    assert (node.tmp / "flags.json").exists()
+    restarted = Node(node.tmp, HEAD.format(tmp=node.tmp) + fast(node.tmp, "a", A), dry_run=False)
+    async with running(restarted):
+        await wait_for(lambda: restarted.daemon is not None and restarted.state("a")
+                       is ServiceState.MAINTENANCE)
+        await asyncio.sleep(0.3)
+        assert restarted.announced() == {}
