@@ -402,6 +402,11 @@ class Daemon:
         if not world.dry_run:
             self._sysctls()
         self._load_flags()
+        ospf = sorted(n for n, s in self.config.services.items() if s.ospf is not None)
+        if ospf:
+            event(log, "ospf_not_implemented", level=logging.WARNING, services=ospf,
+                  detail="[services.*.ospf] is validated but no FRR configuration is rendered "
+                  "in this version")
         self.controller = Controller(
             self.config,
             loopback=world.loopback,
