@@ -254,6 +254,12 @@ def _take_down(
         return  # withdraw now (not in bgp1)
     if policy_withdraw or not observed_ok:
         return
+    if since is None and have != frozenset({intent.demote}):
+        # The drain's clock starts once the demote is observed at the speaker: a demote
+        # that failed to go out (relay down) must not count as time the peers had to move.
+        p.bgp1[intent.prefix] = frozenset({intent.demote})
+        p.draining.add(intent.prefix)
+        return
     start = now if since is None else since
     p.drains[intent.prefix] = start  # kept until the withdraw is observed
     end = start + intent.drain_time

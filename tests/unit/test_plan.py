@@ -342,9 +342,12 @@ def test_take_down_demotes_waits_drain_time_then_withdraws_then_ipvs_then_addres
     h.states["web"] = S.DOWN
     first = h.tick()
     assert first.steps == (BgpStep(frozenset({DEMOTE})),)
-    assert first.state.drain_since(PREFIX) == 100.0
-    assert first.next_wakeup == 101.0  # connection poll (drain ends at 110)
-    assert dict(first.phases) == {PREFIX: "draining"}
+    assert first.state.drain_since(PREFIX) is None  # not on the wire yet: no clock
+    started = h.tick()  # the controller plans again at once, and observes the demote
+    assert started.steps == ()
+    assert started.state.drain_since(PREFIX) == 100.0
+    assert started.next_wakeup == 101.0  # connection poll (drain ends at 110)
+    assert dict(started.phases) == {PREFIX: "draining"}
 
     h.now = 109.9
     waiting = h.tick()
@@ -408,6 +411,7 @@ def test_too_few_real_servers_keep_their_weights_until_the_withdraw() -> None:
     h.rs_up[RS2] = False  # effective DOWN: demote, and the dead server keeps weight 5
     assert h.tick().steps == (BgpStep(frozenset({DEMOTE})),)
     assert h.world.usable(VS) == 2
+    h.tick()  # the demote observed: the drain's clock starts at 100
     h.now = 110.0
     h.tick()
     assert h.world.announced == frozenset()
@@ -418,6 +422,7 @@ def test_failed_withdraw_is_retried_and_nothing_is_removed_meanwhile() -> None:
     h = up_web()
     h.states["web"] = S.DOWN
     h.tick()
+    h.tick()  # the demote observed: the drain's clock starts at 100
     h.now = 111.0
     h.tick(Failure(step=0, cut=0))
     assert h.world.announced == {DEMOTE}
@@ -485,6 +490,7 @@ def test_shutdown_drain_then_withdraw_waits_drain_time() -> None:
     first = h.tick()
     assert first.steps == (BgpStep(frozenset({DEMOTE})),)
     assert not first.shutdown_complete
+    h.tick()  # the demote observed: the drain's clock starts at 100
     h.now = 110.0
     h.tick()
     done = h.tick()
@@ -649,3 +655,16 @@ def test_observed_rib_read_back_with_desired_hints_plans_nothing() -> None:
         h.world.observe(), announced=routes_from_rib(rib, settings, desired.route_hints)
     )
     assert plan(ControllerState(), desired, observed, 0.0).steps == ()
+
+
+def test_drain_clock_starts_only_once_the_demote_is_observed() -> None:
+    # A demote that cannot go out (relay down) is not drain time the peers had.
+    h = up_web()
+    h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=1)
+    h.states["web"] = S.DOWN
+    h.tick(Failure(step=0, cut=0))  # the demote fails
+    assert h.world.announced == {UP_ROUTE}
+    h.now = 120.0  # long past a drain_time counted from the first attempt
+    result = h.tick()
+    assert result.steps == (BgpStep(frozenset({DEMOTE})),)  # demote, never straight to withdraw
+    assert h.tick().state.drain_since(PREFIX) == 120.0
