@@ -32,6 +32,7 @@ Families (labels)::
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Final, Protocol
@@ -46,8 +47,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from anycastd import __version__
 from anycastd.actuators.errors import ActuatorError
@@ -149,25 +151,9 @@ class Metrics:
             ["service", "prefix"],
             registry=reg,
         )
-        self._duration = Histogram(
-            "anycastd_check_duration_seconds",
-            "Probe run latency in seconds.",
-            ["service", "check"],
-            buckets=DURATION_BUCKETS,
-            registry=reg,
-        )
-        self._results = Counter(
-            "anycastd_check_results",
-            "Probe runs by result (ok, fail, timeout, error).",
-            ["service", "check", "result"],
-            registry=reg,
-        )
-        self._lateness = Histogram(
-            "anycastd_check_lateness_seconds",
-            "How late the scheduler started a probe run after its due time, in seconds.",
-            buckets=LATENESS_BUCKETS,
-            registry=reg,
-        )
+        # the per-run metrics: plain numbers on the hot path, families at scrape time
+        self._runs = _RunStats()
+        reg.register(self._runs)
         self._transitions = Counter(
             "anycastd_transitions",
             "Service state transitions by the state entered.",
@@ -208,8 +194,6 @@ class Metrics:
         )
         # label sets created per service, so forget_service removes exactly those
         self._checks: dict[str, set[str]] = {}
-        # (service, check) -> (duration histogram child, result -> counter child)
-        self._children: dict[tuple[str, str], tuple[Histogram, dict[str, Counter]]] = {}
         self._prefixes: dict[str, set[str]] = {}
         self._known: set[str] = set()  # services with state/transition series
         self._flapping: set[str] = set()  # services with a flaps series
@@ -217,20 +201,8 @@ class Metrics:
     # ---- health
 
     def observe_run(self, run: CheckRunLike) -> None:
-        """One finished probe run (the scheduler's ``on_run``): the hot path, so the
-        labelled children are looked up once per check and kept."""
-        children = self._children.get((run.service, run.check))
-        if children is None:
-            self._touch_check(run.service, run.check)
-            children = self._children[(run.service, run.check)] = (
-                self._duration.labels(run.service, run.check),
-                {r: self._results.labels(run.service, run.check, r) for r in CHECK_RESULTS},
-            )
-        duration, results = children
-        duration.observe(max(run.latency, 0.0))
-        # bounded label values: an unexpected status is the probe's own error
-        results.get(run.status, results["error"]).inc()
-        self._lateness.observe(max(run.lateness, 0.0))
+        """One finished probe run (the scheduler's ``on_run``): the hot path."""
+        self._runs.observe(run.service, run.check, run.status, run.latency, run.lateness)
 
     def observe_events(self, events: Iterable[Event]) -> None:
         """Engine events (the scheduler's ``on_events``): transitions, check states, flaps."""
@@ -354,15 +326,10 @@ class Metrics:
         if check in checks:
             return
         checks.add(check)
-        for result in CHECK_RESULTS:
-            self._results.labels(service, check, result)
-        self._duration.labels(service, check)
+        self._runs.touch(service, check)
 
     def _forget_check(self, service: str, check: str) -> None:
-        self._children.pop((service, check), None)
-        for result in CHECK_RESULTS:
-            _remove(self._results, service, check, result)
-        _remove(self._duration, service, check)
+        self._runs.forget(service, check)
         _remove(self._check_up, service, check)
         self._checks.get(service, set()).discard(check)
 
@@ -389,3 +356,91 @@ class _WithoutCreated(Collector):
             copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
             copy.samples = [s for s in metric.samples if s.name != created]
             yield copy
+
+
+class _Histogram:
+    """Bucket counts (not cumulative; the last one is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.total = 0.0
+
+    def observe(self, bounds: tuple[float, ...], value: float) -> None:
+        value = max(value, 0.0)
+        self.counts[bisect.bisect_left(bounds, value)] += 1  # le: value <= bound
+        self.total += value
+
+    def buckets(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*map(floatToGoString, bounds), "+Inf"), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+class _CheckRuns:
+    __slots__ = ("duration", "results")
+
+    def __init__(self) -> None:
+        self.duration = _Histogram(len(DURATION_BUCKETS))
+        self.results = dict.fromkeys(CHECK_RESULTS, 0)
+
+
+class _RunStats(Collector):
+    """Per-check run counters and latency histograms, plus the scheduler's lateness.
+
+    prometheus_client's Counter and Histogram take a lock per update and walk their buckets
+    in Python: at 10,000 checks a second that was a quarter of a core
+    (bench/README_checks.md). Here a run is a few integer increments on the event loop's
+    thread, and the metric families are built only when scraped (from the API's worker
+    thread: reading while the loop writes can only miss the run in flight)."""
+
+    def __init__(self) -> None:
+        self.checks: dict[tuple[str, str], _CheckRuns] = {}
+        self.lateness = _Histogram(len(LATENESS_BUCKETS))
+
+    def touch(self, service: str, check: str) -> None:
+        self.checks.setdefault((service, check), _CheckRuns())
+
+    def forget(self, service: str, check: str) -> None:
+        self.checks.pop((service, check), None)
+
+    def observe(
+        self, service: str, check: str, status: str, latency: float, lateness: float
+    ) -> None:
+        runs = self.checks.get((service, check))
+        if runs is None:
+            runs = self.checks[(service, check)] = _CheckRuns()
+        runs.duration.observe(DURATION_BUCKETS, latency)
+        results = runs.results
+        # bounded label values: an unexpected status is the probe's own error
+        key = status if status in results else "error"
+        results[key] += 1
+        self.lateness.observe(LATENESS_BUCKETS, lateness)
+
+    def collect(self) -> Iterable[Metric]:
+        items = list(self.checks.items())
+        duration = HistogramMetricFamily(
+            "anycastd_check_duration_seconds", "Probe run latency in seconds.",
+            labels=["service", "check"],
+        )  # fmt: skip
+        results = CounterMetricFamily(
+            "anycastd_check_results", "Probe runs by result (ok, fail, timeout, error).",
+            labels=["service", "check", "result"],
+        )  # fmt: skip
+        for (service, check), runs in items:
+            duration.add_metric(
+                [service, check], runs.duration.buckets(DURATION_BUCKETS),
+                runs.duration.total,
+            )  # fmt: skip
+            for result, n in list(runs.results.items()):
+                results.add_metric([service, check, result], n)
+        lateness = HistogramMetricFamily(
+            "anycastd_check_lateness_seconds",
+            "How late the scheduler started a probe run after its due time, in seconds.",
+        )
+        lateness.add_metric([], self.lateness.buckets(LATENESS_BUCKETS), self.lateness.total)
+        return [duration, results, lateness]
