@@ -610,7 +610,7 @@ async def test_a_restarted_controller_adopts_the_world_without_a_single_write() 
     assert first.announced() == {WEB_PREFIX: (), DNS_PREFIX: ()}
 
 
-# BUG 1 (core/plan.py _take_down): an IPVS prefix with no active connections is withdrawn in
+# Regression (core/plan.py _take_down): an IPVS prefix with no active connections is withdrawn in
 # the same instant it is demoted; the peers never get to act on 65535:0.
 async def test_ipvs_drain_without_connections_still_holds_the_demote_for_a_while() -> None:
     h = Harness(config())
@@ -618,7 +618,7 @@ async def test_ipvs_drain_without_connections_still_holds_the_demote_for_a_while
     h.states["web"] = DOWN
     h.poke()
     await h.run_until(0.0)
-    assert h.announced() == {WEB_PREFIX: (GRACEFUL_SHUTDOWN,)}  # today: {} (withdrawn at t=0)
+    assert h.announced() == {WEB_PREFIX: (GRACEFUL_SHUTDOWN,)}  # once withdrawn at t=0
     await h.run_until(10.0)
     assert h.announced() == {}
     await h.stop()
@@ -659,7 +659,7 @@ class SlowLoopback(JournalLoopback):
             self._leave()
 
 
-# BUG 2 (engine/controller.py): cancelling run() (the daemon does, right before shutdown())
+# Regression (engine/controller.py): cancelling run() (the daemon does, right before shutdown())
 # abandons a worker thread mid-apply; shutdown() then observes and writes concurrently and can
 # report complete before that apply lands.
 async def test_shutdown_after_a_cancelled_pass_waits_for_its_actuator_call() -> None:
@@ -677,14 +677,14 @@ async def test_shutdown_after_a_cancelled_pass_waits_for_its_actuator_call() -> 
     await h.run_until(11.0, waiter=stop)
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    while h.lo.inside:  # today the abandoned thread may still be running
+    while h.lo.inside:  # the abandoned thread could still run
         await asyncio.sleep(0.001)
     assert stop.result() is True
-    assert not h.lo.holds(DNS_PREFIX)  # today: the abandoned add lands after "complete"
-    assert h.lo.overlap == 1  # today: 2 (observe ran while the old apply was in its thread)
+    assert not h.lo.holds(DNS_PREFIX)  # once: the abandoned add landed after "complete"
+    assert h.lo.overlap == 1  # once: 2 (observe ran while the old apply was in its thread)
 
 
-# BUG 3 (engine/controller.py reconcile): an ActuatorError from *observing* (netlink refused,
+# Regression (engine/controller.py reconcile): an ActuatorError from *observing* (netlink refused,
 # interface gone, IPVS dump failed) escapes reconcile() and kills run(); in the daemon that
 # ends the TaskGroup with a traceback and no shutdown policy. Expected: a failed pass, retried.
 async def test_an_observe_failure_is_a_failed_pass_retried_later_not_a_crash() -> None:
@@ -695,7 +695,7 @@ async def test_an_observe_failure_is_a_failed_pass_retried_later_not_a_crash() -
     h.poke()
     await h.run_until(0.0, waiter=h.task)
     assert h.task is not None
-    assert not h.task.done()  # today: done, with PermanentError
+    assert not h.task.done()  # once: done, with PermanentError
 
     h.lo.interface_present = True  # the interface is back, empty
     await h.run_until(29.999)
