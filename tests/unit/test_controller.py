@@ -704,3 +704,13 @@ async def test_an_observe_failure_is_a_failed_pass_retried_later_not_a_crash() -
     assert h.lo.holds(DNS_PREFIX)
     assert h.announced() == {DNS_PREFIX: ()}
     await h.stop()
+
+
+def test_backoff_stays_at_its_cap_however_long_failures_last() -> None:
+    # Regression: 2**failures overflowed a float after 1024 failures (~8 h of retries).
+    from anycastd.engine.controller import _Backoff
+
+    backoff = _Backoff()
+    delays = [backoff.next(random.Random(1)) for _ in range(3000)]
+    assert max(delays) <= backoff.cap
+    assert delays[-1] >= 0.8 * backoff.cap
