@@ -79,14 +79,23 @@ def _parser() -> argparse.ArgumentParser:
     with_config(probe)
     probe.add_argument("service", help="service name as in the config")
 
+    def with_api(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--api", metavar="HOST:PORT", default=None,
+            help="the daemon's API address; skips reading the config (which may be "
+            "mid-edit exactly when you need this)",
+        )
+
     status = sub.add_parser("status", help="show the running daemon's state (GET /status)")
     with_config(status)
+    with_api(status)
     status.add_argument("--json", action="store_true", help="print the raw status document")
     status.add_argument("--checks", action="store_true", help="also list every check")
 
     for kind, what in (("maintenance", "maintenance"), ("drain", "operator drain")):
         flag = sub.add_parser(kind, help=f"turn {what} of a service on or off (through the API)")
         with_config(flag)
+        with_api(flag)
         flag.add_argument("service", help="service name as in the config")
         flag.add_argument("switch", choices=("on", "off"))
 
@@ -146,7 +155,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def _api_address(config: Config) -> tuple[str, int]:
+def _api_address(args: argparse.Namespace) -> tuple[str, int]:
+    if args.api is not None:
+        host, _, port = args.api.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--api {args.api!r}: expected HOST:PORT, e.g. 127.0.0.1:9180")
+        return host.strip("[]"), int(port)
+    config = load(args.config)
     if not config.api.enabled:
         raise UsageError("the status API is disabled in the config (api.enabled = false)")
     return config.api.host, config.api.port
@@ -158,7 +173,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from anycastd.observe.api import fetch_status
     from anycastd.observe.status import render_text
 
-    host, port = _api_address(load(args.config))
+    host, port = _api_address(args)
     try:
         doc = fetch_status(host, port)
     except (OSError, RuntimeError) as exc:  # RuntimeError: an answer that is not a status
@@ -171,7 +186,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_flag(args: argparse.Namespace) -> int:
     from anycastd.observe.api import post_flag
 
-    host, port = _api_address(load(args.config))
+    host, port = _api_address(args)
     try:
         code, body = post_flag(host, port, args.service, args.command, args.switch == "on")
     except (OSError, RuntimeError) as exc:

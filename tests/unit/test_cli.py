@@ -245,3 +245,12 @@ def test_status_when_no_daemon_runs_exits_69(tmp_path: Path) -> None:
     proc = run_cli("status", "-c", str(cfg))
     assert proc.returncode == 69
     assert "not reachable" in proc.stderr
+
+
+def test_status_with_api_address_skips_a_broken_config(tmp_path: Path) -> None:
+    # The config may be mid-edit exactly when the operator needs `status`/`drain`.
+    broken = write(tmp_path / "anycastd.toml", "[global\n")
+    proc = run_cli("status", "-c", str(broken), "--api", f"127.0.0.1:{free_port()}")
+    assert proc.returncode == 69  # the config was not read; the daemon is just not there
+    assert "not reachable" in proc.stderr
+    assert run_cli("status", "--api", "nonsense").returncode == 64
