@@ -65,7 +65,7 @@ class ApiConnection:
                     break
                 self._handle(raw.decode("utf-8", "replace").rstrip("\r\n"))
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            log.warning("relay connection failed", extra={"error": str(exc)})
+            log.warning("relay_connection_failed", extra={"error": str(exc)})
         finally:
             self._close("relay connection closed")
 
@@ -76,7 +76,7 @@ class ApiConnection:
             try:
                 event = json.loads(line)
             except ValueError:
-                log.warning("unparseable ExaBGP event", extra={"line": line[:200]})
+                log.warning("exabgp_event_unparseable", extra={"line": line[:200]})
                 return
             if isinstance(event, dict):
                 self._on_event(event)
@@ -85,7 +85,7 @@ class ApiConnection:
             pending, output = self._pending, self._output
             self._pending, self._output = None, []
             if pending is None or pending.done():
-                log.warning("unexpected ExaBGP answer", extra={"answer": line})
+                log.warning("exabgp_answer_unexpected", extra={"answer": line})
             elif line == "done":
                 pending.set_result(output)
             else:

@@ -333,7 +333,7 @@ class ExabgpSpeaker:
         if settings.mode == "managed" and self.exabgp_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.exabgp_pid, signal.SIGUSR1)
-        log.info("BGP settings updated", extra={"neighbors": sorted(known)})
+        log.info("bgp_settings_updated", extra={"neighbors": sorted(known)})
         self._resync_wanted.set()
 
     async def run(self) -> None:
@@ -370,7 +370,9 @@ class ExabgpSpeaker:
         except (TimeoutError, OSError, ValueError, IndexError):
             exabgp_pid = None
         if exabgp_pid is None:
-            log.warning("not a relay on the ExaBGP socket; closing it")
+            log.warning(
+                "relay_rejected", extra={"detail": "not a relay on the ExaBGP socket; closed"}
+            )
             writer.close()
             return
         conn = ApiConnection(reader, writer, self._on_event, timeout=self.command_timeout)
@@ -386,7 +388,7 @@ class ExabgpSpeaker:
             for address in list(self._peers):
                 self._set_peer(replace(self._peers[address], up=False, state="unknown",
                                        reason="new ExaBGP"))
-        log.info("ExaBGP relay connected", extra={"exabgp_pid": exabgp_pid})
+        log.info("relay_connected", extra={"exabgp_pid": exabgp_pid})
         self._synced = False
         self._connected_event.set()
         self._resync_wanted.set()
@@ -396,7 +398,7 @@ class ExabgpSpeaker:
             if self._conn is conn:
                 self._conn = None
                 self._connected_event.clear()
-                log.warning("ExaBGP relay disconnected")
+                log.warning("relay_disconnected")
 
     def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("type") != "state":
@@ -420,8 +422,9 @@ class ExabgpSpeaker:
         self._peers[peer.address] = peer
         if old is None or old.up != peer.up:
             log.info(
-                "BGP session %s", "up" if peer.up else "down",
-                extra={"peer": peer.name, "peer_address": peer.address, "reason": peer.reason},
+                "bgp_session",
+                extra={"peer": peer.name, "peer_address": peer.address,
+                       "state": "up" if peer.up else "down", "reason": peer.reason},
             )
             if self.on_peer_change is not None:
                 self.on_peer_change(peer)
@@ -433,7 +436,7 @@ class ExabgpSpeaker:
             try:
                 await self.resync()
             except ActuatorError as exc:
-                log.warning("BGP resync failed", extra={"error": str(exc)})
+                log.warning("bgp_resync_failed", extra={"error": str(exc)})
 
     # -- the writer -------------------------------------------------------------------------
     async def _read_back(self) -> None:
@@ -450,7 +453,7 @@ class ExabgpSpeaker:
         if self.settings.mode == "external":
             foreign = {k for k in observed if k[1] not in self._owned}
             if foreign:
-                log.info("routes not owned by anycastd left alone",
+                log.info("bgp_foreign_routes_left_alone",
                          extra={"prefixes": sorted({k[1] for k in foreign})})
             observed = {k: v for k, v in observed.items() if k not in foreign}
         self._sent = observed
@@ -472,7 +475,7 @@ class ExabgpSpeaker:
             tmp.write_text(json.dumps(sorted(self._owned)))
             os.replace(tmp, self._owned_path)
         except OSError as exc:
-            log.warning("cannot record owned prefixes", extra={"error": str(exc)})
+            log.warning("bgp_owned_record_failed", extra={"error": str(exc)})
 
     async def _push(self) -> None:
         if not self._desired_known:
@@ -487,7 +490,7 @@ class ExabgpSpeaker:
                 await conn.command(command.text)
             except PermanentError as exc:
                 log.error(  # noqa: TRY400 - the command is the whole story, not a traceback
-                    "ExaBGP rejected a command", extra={"command": command.text}
+                    "exabgp_command_rejected", extra={"command": command.text}
                 )
                 first_error = first_error or exc
                 continue
@@ -532,11 +535,11 @@ class ExabgpSpeaker:
                 limit=1 << 20,  # a long log line must not end the log pump
             )
         except OSError as exc:  # replaced during an upgrade, EAGAIN...: try again later
-            log.error("cannot start ExaBGP; retrying", extra={"error": str(exc)})  # noqa: TRY400
+            log.error("exabgp_start_failed", extra={"error": str(exc)})  # noqa: TRY400
             raise _ExabgpExited from exc
         self.exabgp_pid = proc.pid
         self.exabgp_starts += 1
-        log.info("ExaBGP started", extra={"exabgp_pid": proc.pid})
+        log.info("exabgp_started", extra={"exabgp_pid": proc.pid})
         try:
             if proc.stdout is None:  # pragma: no cover - PIPE was requested
                 raise RuntimeError("ExaBGP stdout is not a pipe")
@@ -544,7 +547,7 @@ class ExabgpSpeaker:
                 try:
                     raw = await proc.stdout.readline()
                 except ValueError:  # a line over the limit: asyncio dropped it; go on
-                    log.warning("ExaBGP wrote an over-long log line; skipped")
+                    log.warning("exabgp_log_line_too_long")
                     continue
                 if not raw:
                     break
@@ -560,7 +563,7 @@ class ExabgpSpeaker:
                 self._set_peer(replace(self._peers[address], up=False, state="down",
                                        reason="ExaBGP exited"))
         ran = time.monotonic() - started
-        log.warning("ExaBGP exited; restarting", extra={"exabgp_rc": rc, "ran_seconds": ran})
+        log.warning("exabgp_exited", extra={"exabgp_rc": rc, "ran_seconds": ran})
         if ran >= _STABLE_RUN:
             raise _StableRunEnded
         raise _ExabgpExited

@@ -267,7 +267,7 @@ def test_external_restart_sends_no_update_for_a_healthy_service(topo: Topo) -> N
         time.sleep(0.5)
         second = topo.anycastd(conf)
         second.wait_event("controller_started", timeout=30)
-        second.wait_event("ExaBGP relay connected", timeout=30)
+        second.wait_event("relay_connected", timeout=30)
         time.sleep(2.0)  # reconcile passes after the relay is back
     # the peer never heard about it: zero UPDATEs for the prefix (bgpd's log) and on the
     # session at all (its counter), the route present in every sample throughout
