@@ -62,6 +62,10 @@ from anycastd.observe.systemd import Notifier
 
 log = logging.getLogger("anycastd")
 
+#: [global] keys read once at start: a reload that changes them says so.
+RESTART_ONLY = ("state_dir", "runtime_dir", "log_format", "log_level",
+                "max_concurrent_checks", "manage_sysctls")
+
 #: How often maintenance/drain flag files are looked at. A stat() per file: cheap.
 FLAG_POLL_INTERVAL = 1.0
 
@@ -557,9 +561,13 @@ class Daemon:
         self.reload_ok = True
         if self.controller is not None:
             self.controller.reconfigure(new)
-        if new.api != old_config.api:
-            event(log, "api_change_needs_restart", level=logging.WARNING,
-                  detail="[api] changed; the listener changes at the next restart")
+        stale = [f"global.{k}" for k in RESTART_ONLY
+                 if getattr(new.global_, k) != getattr(old_config.global_, k)]
+        if new.api != old_config.api or new.metrics != old_config.metrics:
+            stale.append("[api]/[metrics]")
+        if stale:
+            event(log, "reload_needs_restart", level=logging.WARNING, keys=stale,
+                  detail="accepted, but these take effect at the next restart")
         freeze_heap()
         event(log, "reloaded", config=str(path), changed=changed,
               unchanged=len(new.services) - len([n for n in changed if n in new.services]))

@@ -310,3 +310,18 @@ async def test_api_flags_survive_a_restart(node: Node) -> None:
                        is ServiceState.MAINTENANCE)
         await asyncio.sleep(0.3)
         assert restarted.announced() == {}
+
+
+async def test_reload_of_a_start_only_key_is_accepted_and_says_it_needs_a_restart(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        node.path.write_text(node.text.replace('node = "t"', 'node = "t"\nlog_level = "debug"'))
+        node.daemon.request_reload()
+        await wait_for(lambda: node.daemon is not None and node.daemon.reload_ok is True)
+    warned = [r for r in caplog.records if r.getMessage() == "reload_needs_restart"]
+    assert len(warned) == 1
+    assert warned[0].__dict__["fields"]["keys"] == ["global.log_level"]
