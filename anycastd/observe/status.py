@@ -291,11 +291,13 @@ def render_text(doc: Mapping[str, Any], *, checks: bool = False) -> str:
     services = doc.get("services") or {}
     rows: list[list[str]] = []
     for name, svc in services.items():
+        announced = svc.get("announced")
         rows.append(
             [
                 name,
                 str(svc.get("state", "?")),
                 format_age(svc.get("since_seconds")),
+                "?" if announced is None else (",".join(announced) or "-"),
                 str(svc.get("reason", "")) + _flags(svc),
             ]
         )
@@ -307,6 +309,7 @@ def render_text(doc: Mapping[str, Any], *, checks: bool = False) -> str:
                         f"  {c.get('name', '?')}",
                         str(c.get("state", "?")),
                         format_age(c.get("since_seconds")),
+                        "",
                         (
                             "no result yet"
                             if c.get("last_ok") is None
@@ -318,7 +321,7 @@ def render_text(doc: Mapping[str, Any], *, checks: bool = False) -> str:
                 )
     lines.append("")
     if rows:
-        lines += _table(["SERVICE", "STATE", "SINCE", "REASON"], rows)
+        lines += _table(["SERVICE", "STATE", "SINCE", "ANNOUNCED", "REASON"], rows)
     else:
         lines.append("no services")
     bgp = doc.get("bgp")
@@ -341,4 +344,16 @@ def render_text(doc: Mapping[str, Any], *, checks: bool = False) -> str:
             )
         else:
             lines.append("no BGP peers")
+    real_servers = doc.get("real_servers")
+    if isinstance(real_servers, Mapping) and real_servers:
+        lines.append("")
+        lines += _table(["REAL SERVER", "STATE"], [[k, str(v)] for k, v in real_servers.items()])
+    sysctls = doc.get("sysctls")
+    if isinstance(sysctls, Mapping) and sysctls:
+        lines.append("")
+        lines += _table(
+            ["SYSCTL (not as needed)", "WANT", "HAVE"],
+            [[k, str(v.get("want")), str(v.get("have"))] for k, v in sysctls.items()
+             if isinstance(v, Mapping)],
+        )
     return "\n".join(lines) + "\n"

@@ -286,3 +286,15 @@ def test_render_text_tolerates_a_foreign_document() -> None:
 )  # fmt: skip
 def test_format_age(seconds: object, text: str) -> None:
     assert format_age(seconds) == text
+
+
+def test_render_shows_what_is_announced_real_servers_and_sysctl_drift() -> None:
+    document = doc()
+    document["services"]["dns"]["announced"] = ["192.0.2.53/32"]
+    document["real_servers"] = {"web/10.1.0.10:80": "down"}
+    document["sysctls"] = {"net.ipv4.ip_forward": {"want": "1", "have": "0"}}
+    text = render_text(document)
+    dns_line = next(ln for ln in text.splitlines() if ln.startswith("dns"))
+    assert "192.0.2.53/32" in dns_line
+    assert "web/10.1.0.10:80  down" in text
+    assert "net.ipv4.ip_forward" in text
