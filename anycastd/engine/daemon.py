@@ -397,6 +397,8 @@ class Daemon:
         self._rs_scheduler = Scheduler(
             self._backends.specs, self._backends.initial({}, now), clock=self.clock,
             max_concurrent=max_concurrent, on_events=self._on_rs_events,
+            # real-server checks appear as service="SERVICE/ADDRESS:PORT"
+            on_run=self.metrics.observe_run,
         )
         self.metrics.sync(health)
         self.metrics.reload(True, time.time())
@@ -420,7 +422,7 @@ class Daemon:
             states=self._states,
             real_servers_up=lambda: self._backends.up(self._rs_health()),
             clock=self.clock,
-            metrics=self.metrics,
+            metrics=None if world.dry_run else self.metrics,
             withdraw_settle=WITHDRAW_SETTLE if isinstance(world.speaker, ExabgpSpeaker) else 0.0,
         )
         freeze_heap()
@@ -550,7 +552,10 @@ class Daemon:
         health = carry_over(self.config, self.scheduler.services, new, now)
         old_config, self.config = self.config, new
         self.scheduler.reload(self._specs(), health)
-        self._backends = Backends(new)
+        backends = Backends(new)
+        for name in set(self._backends.keys) - set(backends.keys):
+            self.metrics.forget_service(name)  # a removed real server's check series
+        self._backends = backends
         if self._rs_scheduler is not None:
             self._rs_scheduler.reload(
                 self._backends.specs, self._backends.initial(self._rs_health(), now)

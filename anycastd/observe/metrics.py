@@ -267,6 +267,8 @@ class Metrics:
         for check in list(self._checks.get(name, ())):
             self._forget_check(name, check)
         self._checks.pop(name, None)
+        for service, check in [k for k in self._runs.checks if k[0] == name]:
+            self._runs.forget(service, check)  # runs seen without a sync (real servers)
         for prefix in self._prefixes.pop(name, set()):
             _remove(self._announced, name, prefix)
         if name in self._flapping:

@@ -383,3 +383,12 @@ def test_observe_run_accepts_any_checkrun_shaped_value() -> None:
     assert value(m, "anycastd_check_results_total", service="dns", check="udp",
                  result="fail") == 1  # fmt: skip
     assert value(m, "anycastd_check_lateness_seconds_bucket", le="0.0005") == 1
+
+
+def test_forget_service_drops_run_series_seen_without_a_sync() -> None:
+    # Real-server checks only ever arrive through observe_run (no sync of their "service").
+    m = Metrics(CollectorRegistry())
+    m.observe_run(run(service="web/10.1.0.10:80", check="tcp-0"))
+    assert 'service="web/10.1.0.10:80"' in m.render().decode()
+    m.forget_service("web/10.1.0.10:80")
+    assert "web/10.1.0.10:80" not in m.render().decode()
