@@ -66,6 +66,7 @@ __all__ = [
     "ServiceTransition",
     "ServiceVerdict",
     "Step",
+    "carried",
 ]
 
 
@@ -561,3 +562,16 @@ class ServiceHealth:
         else:
             cur = replace(cur, reason=reason)
         return Step(cur, tuple(events))
+
+
+def carried(
+    previous: ServiceHealth | None, params: ServiceParams, now: float, *, unchanged: bool
+) -> ServiceHealth:
+    """The health a service starts a reload with: ``previous`` itself when its
+    configuration is ``unchanged`` (counters, damping, no event), reconfigured when it
+    changed (checks kept by name keep their counters), fresh when it is new."""
+    if previous is None:
+        return ServiceHealth.initial(params, now)
+    if unchanged:
+        return previous
+    return previous.reconfigure(params, now).health

@@ -20,6 +20,7 @@ from anycastd.core.health import (
     ServiceHealth,
     ServiceParams,
     ServiceState,
+    carried,
 )
 from anycastd.engine.probes import check_spec
 from anycastd.engine.scheduler import CheckSpec
@@ -59,12 +60,8 @@ class Backends:
         out: dict[str, ServiceHealth] = {}
         for name, params in self.params.items():
             old = previous.get(name)
-            if old is not None and old.params == params:
-                out[name] = old
-            elif old is not None:
-                out[name] = old.reconfigure(params, now).health
-            else:
-                out[name] = ServiceHealth.initial(params, now)
+            unchanged = old is not None and old.params == params
+            out[name] = carried(old, params, now, unchanged=unchanged)
         return out
 
     def up(self, health: Mapping[str, ServiceHealth]) -> dict[RealServerKey, bool]:

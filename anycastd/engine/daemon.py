@@ -46,6 +46,7 @@ from anycastd.core.health import (
     ServiceParams,
     ServiceState,
     ServiceTransition,
+    carried,
 )
 from anycastd.engine.backends import Backends
 from anycastd.engine.controller import WITHDRAW_SETTLE, Controller, settled
@@ -102,18 +103,12 @@ def carry_over(
     now: float,
 ) -> dict[str, ServiceHealth]:
     """The health each service of ``new_config`` starts with (see the module docstring)."""
-    out: dict[str, ServiceHealth] = {}
-    for name, svc in new_config.services.items():
-        params = service_params(svc)
-        previous = old_health.get(name)
-        old_svc = old_config.services.get(name) if old_config is not None else None
-        if previous is not None and old_svc == svc:
-            out[name] = previous
-        elif previous is not None:
-            out[name] = previous.reconfigure(params, now).health
-        else:
-            out[name] = ServiceHealth.initial(params, now)
-    return out
+    old = old_config.services if old_config is not None else {}
+    return {
+        name: carried(old_health.get(name), service_params(svc), now,
+                      unchanged=old.get(name) == svc)
+        for name, svc in new_config.services.items()
+    }
 
 
 def log_events(events: Sequence[Event]) -> None:
