@@ -54,13 +54,21 @@ class Backends:
                 self.specs.extend(check_spec(name, c) for c in rs.checks)
 
     def initial(
-        self, previous: Mapping[str, ServiceHealth], now: float
+        self,
+        previous: Mapping[str, ServiceHealth],
+        now: float,
+        renamed: Mapping[str, str] | None = None,
     ) -> dict[str, ServiceHealth]:
-        """Health to start with: carried over by name where the parameters are unchanged."""
+        """Health to start with: carried over by name where the parameters are unchanged.
+        ``renamed`` (new service name -> old, from a reload): a renamed service's real
+        servers continue the health they had under the old name; reset, they would count
+        as unproven and ``min_healthy`` would take the renamed service down."""
         out: dict[str, ServiceHealth] = {}
         for name, params in self.params.items():
-            old = previous.get(name)
-            unchanged = old is not None and old.params == params
+            service, address, port = self.keys[name]
+            was = f"{(renamed or {}).get(service, service)}/{_hostport(address, port)}"
+            old = previous.get(was)
+            unchanged = was == name and old is not None and old.params == params
             out[name] = carried(old, params, now, unchanged=unchanged)
         return out
 

@@ -13,7 +13,10 @@ ends with it), then the process exits 0.
 Reload (SIGHUP): the new config is validated first; an invalid one is logged with every
 problem and the old one keeps running. A valid one replaces the scheduler; services whose
 config is unchanged keep their health value exactly (counters, damping), changed services
-are ``reconfigure``d (checks kept by name keep their counters), new ones start fresh.
+are ``reconfigure``d (checks kept by name keep their counters), new ones start fresh. A
+service's identity is its prefixes and checks, not its name: a renamed service keeps its
+health, its real servers' health and its operator flags (``reload_carried`` in the log), so
+a rename is not a withdraw.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anycastd.actuators import sysctl
 from anycastd.actuators.errors import ActuatorError
@@ -96,17 +100,43 @@ def check_specs(svc: ServiceConfig) -> list[CheckSpec]:
     return [check_spec(svc.name, c) for c in svc.checks]
 
 
+def renamed(old_config: Config | None, new_config: Config) -> dict[str, str]:
+    """New name -> old name of every service a reload renamed.
+
+    A service's identity is what it publishes and how its health is told: its prefixes and
+    its checks, not its name. A name that appears takes over the health of a name that went
+    away when both have the same identity; a match that is not one to one carries nothing
+    (there is no telling which health is whose)."""
+    if old_config is None:
+        return {}
+    old, new = old_config.services, new_config.services
+    gone = [svc for name, svc in old.items() if name not in new]
+    added = [svc for name, svc in new.items() if name not in old]
+    out: dict[str, str] = {}
+    for svc in added:
+        matches = [o for o in gone if _same_identity(o, svc)]
+        if len(matches) == 1 and sum(_same_identity(matches[0], a) for a in added) == 1:
+            out[svc.name] = matches[0].name
+    return out
+
+
+def _same_identity(a: ServiceConfig, b: ServiceConfig) -> bool:
+    return set(a.prefixes) == set(b.prefixes) and a.checks == b.checks
+
+
 def carry_over(
     old_config: Config | None,
     old_health: Mapping[str, ServiceHealth],
     new_config: Config,
     now: float,
 ) -> dict[str, ServiceHealth]:
-    """The health each service of ``new_config`` starts with (see the module docstring)."""
+    """The health each service of ``new_config`` starts with (see the module docstring);
+    a renamed service (:func:`renamed`) continues the health of its old name."""
     old = old_config.services if old_config is not None else {}
+    was = renamed(old_config, new_config)
     return {
-        name: carried(old_health.get(name), service_params(svc), now,
-                      unchanged=old.get(name) == svc)
+        name: carried(old_health.get(was.get(name, name)), service_params(svc), now,
+                      unchanged=name not in was and old.get(name) == svc)
         for name, svc in new_config.services.items()
     }
 
@@ -323,6 +353,15 @@ class Daemon:
 
     def _flags_file(self) -> Path:
         return Path(self.config.global_.state_dir) / "flags.json"
+
+    def _carry_flags(self, renames: Mapping[str, str], services: set[str]) -> None:
+        """API flags after a reload: a renamed service keeps its old name's flags (also in
+        flags.json), a removed service's flags go."""
+        before = dict(self._api_flags)
+        carried_over = {to: before[was] for to, was in renames.items() if was in before}
+        self._api_flags = {k: v for k, v in before.items() if k in services} | carried_over
+        if self._api_flags != before:
+            self._save_flags()
 
     def _load_flags(self) -> None:
         if self.world is not None and self.world.dry_run:
@@ -544,6 +583,7 @@ class Daemon:
             if new.services.get(n) != self.config.services.get(n)
         )
         now = self.clock.now()
+        renames = renamed(self.config, new)
         health = carry_over(self.config, self.scheduler.services, new, now)
         old_config, self.config = self.config, new
         self.scheduler.reload(self._specs(), health)
@@ -553,9 +593,18 @@ class Daemon:
         self._backends = backends
         if self._rs_scheduler is not None:
             self._rs_scheduler.reload(
-                self._backends.specs, self._backends.initial(self._rs_health(), now)
+                self._backends.specs,
+                self._backends.initial(self._rs_health(), now, renames),
             )
-        self._api_flags = {k: v for k, v in self._api_flags.items() if k in new.services}
+        self._carry_flags(renames, set(new.services))
+        for to, was in sorted(renames.items()):
+            flags = self._api_flags.get(to, _Flags())
+            fields: dict[str, Any] = {"from": was, "to": to}  # "from" is a keyword
+            event(log, "reload_carried", state=health[to].state.value,
+                  real_servers=sum(1 for k in self._backends.keys.values() if k[0] == to),
+                  maintenance=flags.maintenance, draining=flags.draining,
+                  detail="same prefixes and checks: health and operator flags carried over",
+                  **fields)
         self.metrics.sync(health)
         self.metrics.reload(True, time.time())
         self.reload_ok = True

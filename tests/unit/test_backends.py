@@ -7,6 +7,7 @@ from pathlib import Path
 
 from anycastd.actuators.ipvs import VirtualService
 from anycastd.config import Config, loads
+from anycastd.core.health import ServiceState
 from anycastd.engine.backends import Backends
 from tests.unit.test_daemon import HEAD, Node, running, wait_for
 
@@ -96,3 +97,15 @@ def weights(node: Node) -> dict[str, int]:
     if svc is None:
         return {}
     return {ors.server.address: ors.server.weight for ors in svc.real_servers}
+
+
+def test_initial_carries_a_renamed_services_real_server_health_over(tmp_path: Path) -> None:
+    first = Backends(config(tmp_path)).initial({}, 0.0)
+    first["web/10.1.0.2:80"] = first["web/10.1.0.2:80"].feed("file-0", True, "ok", 1.0).health
+    www = loads(HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path).replace("services.web",
+                                                                             "services.www"))
+    renamed = Backends(www)
+    after = renamed.initial(first, 5.0, {"www": "web"})
+    assert after["www/10.1.0.2:80"].state is ServiceState.UP
+    assert renamed.up(after)[("www", "10.1.0.2", 80)] is True
+    assert Backends(www).initial(first, 5.0)["www/10.1.0.2:80"].state is ServiceState.DOWN

@@ -1,0 +1,134 @@
+"""Issue 8, "the routing state never lies": the daemon end to end on fakes (see
+``test_daemon``): a rename in a reload is not an outage, a crashed task fails closed, a hung
+flag file does not freeze the loop, and no BGP means nothing is reported announced."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from anycastd.core.health import ServiceState
+from tests.unit.test_daemon import HEAD, Node, fast, running, wait_for
+
+A = "192.0.2.1/32"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    return Node(tmp_path, HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A))
+
+
+def _rename(text: str, old: str, new: str) -> str:
+    # the service's table headers only: prefixes, checks (their file paths) stay the same
+    return text.replace(f"[services.{old}]", f"[services.{new}]").replace(
+        f"[[services.{old}.checks]]", f"[[services.{new}.checks]]"
+    ).replace(f"[services.{old}.ipvs]", f"[services.{new}.ipvs]").replace(
+        f"[[services.{old}.ipvs.real_servers]]", f"[[services.{new}.ipvs.real_servers]]")
+
+
+def _messages(caplog: pytest.LogCaptureFixture, since: int, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records[since:] if r.getMessage() == name]
+
+
+# --------------------------------------------------------------------------- rename
+
+
+async def test_reload_that_renames_an_up_service_keeps_it_up_and_announced(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        assert node.speaker is not None
+        mark, changes = len(caplog.records), len(node.speaker.timeline)
+        passes = node.daemon.controller.passes if node.daemon.controller else 0
+
+        node.path.write_text(_rename(node.text, "a", "dns"))
+        node.daemon.request_reload()
+        await wait_for(lambda: node.daemon is not None and node.daemon.reload_ok is True)
+        assert node.state("dns") is ServiceState.UP
+        # the reload pokes the controller: its pass on the new config is done
+        await wait_for(lambda: node.daemon is not None and node.daemon.controller is not None
+                       and node.daemon.controller.passes > passes)
+        assert node.announced() == {A: ()}
+        assert all(A in rib for _, rib in node.speaker.timeline[changes:])  # never withdrawn
+        assert node.holds(A)
+        assert _messages(caplog, mark, "service_transition") == []
+        assert _messages(caplog, mark, "bgp_withdraw") == []
+        (carried,) = _messages(caplog, mark, "reload_carried")
+        assert carried.__dict__["fields"]["from"] == "a"
+        assert carried.__dict__["fields"]["to"] == "dns"
+
+
+async def test_reload_that_renames_a_service_carries_its_api_flags_and_their_file(
+    node: Node,
+) -> None:
+    node.dry_run = False  # flags.json is written (to tmp_path); no [ipvs]: no sysctls
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        node.daemon.set_flag("a", "draining", True)
+        assert node.state("a") is ServiceState.DRAINING
+
+        node.path.write_text(_rename(node.text, "a", "dns"))
+        node.daemon.request_reload()
+        await wait_for(lambda: node.daemon is not None and node.daemon.reload_ok is True)
+        assert node.state("dns") is ServiceState.DRAINING
+        saved = json.loads((node.tmp / "flags.json").read_text())
+        assert saved == {"dns": {"maintenance": False, "draining": True}}
+
+
+WEB = """
+[services.web]
+prefixes = ["192.0.2.10/32"]
+interval = "50ms"
+timeout = "25ms"
+rise = 1
+fall = 1
+drain_time = "0s"
+[[services.web.checks]]
+type = "file"
+path = "{tmp}/web-ok"
+[services.web.ipvs]
+port = 80
+min_healthy = 2
+[[services.web.ipvs.real_servers]]
+address = "10.1.0.1"
+[[services.web.ipvs.real_servers]]
+address = "10.1.0.2"
+checks = [ {{ type = "file", path = "{tmp}/rs2-ok", rise = 3 }} ]
+"""
+WEB_PREFIX = "192.0.2.10/32"
+
+
+async def test_reload_that_renames_a_service_carries_its_real_servers_health(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # min_healthy = 2: a real server reset to "not proven yet" would take the service down
+    caplog.set_level(logging.INFO)
+    node = Node(tmp_path, HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path))
+    node.flag("web-ok").touch()
+    node.flag("rs2-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {WEB_PREFIX: ()})
+        assert node.daemon is not None
+        assert node.speaker is not None
+        mark, changes = len(caplog.records), len(node.speaker.timeline)
+        passes = node.daemon.controller.passes if node.daemon.controller else 0
+
+        node.path.write_text(_rename(node.text, "web", "www"))
+        node.daemon.request_reload()
+        await wait_for(lambda: node.daemon is not None and node.daemon.reload_ok is True)
+        assert node.daemon.status()["real_servers"] == {"www/10.1.0.2:80": "up"}
+        # the reload pokes the controller: its pass on the new config is done
+        await wait_for(lambda: node.daemon is not None and node.daemon.controller is not None
+                       and node.daemon.controller.passes > passes)
+        assert all(WEB_PREFIX in rib for _, rib in node.speaker.timeline[changes:])
+        assert node.announced() == {WEB_PREFIX: ()}
+        assert _messages(caplog, mark, "real_server_transition") == []
