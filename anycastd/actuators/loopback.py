@@ -65,10 +65,8 @@ from functools import cached_property
 from types import TracebackType
 from typing import Protocol, TypeAlias
 
-from pyroute2 import netns as pyroute2_netns
-
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
-from anycastd.actuators.netlink import error_for, map_netlink_errors
+from anycastd.actuators.netlink import error_for, map_netlink_errors, open_rtnetlink
 
 __all__ = [
     "ACTUATOR",
@@ -222,10 +220,6 @@ class LoopbackActuator(Protocol):
 # --------------------------------------------------------------------------------------------
 # rtnetlink wire format (only what this actuator needs)
 
-NETLINK_ROUTE = 0
-SO_RCVBUFFORCE = 33  # not exported by the socket module
-SOL_NETLINK = 270
-NETLINK_GET_STRICT_CHK = 12
 NETLINK_EXT_ACK = 11
 
 NLMSG_ERROR = 2
@@ -263,10 +257,7 @@ _NLMSGERR = struct.Struct("=i")
 #: Requests per ``send``: the kernel answers each with an ACK and drops ACKs that do not fit
 #: the receive buffer, so a batch is sent, then its ACKs read, then the next.
 BATCH = 256
-RCVBUF = 8 * 1024 * 1024
 DUMP_RETRIES = 3
-#: The kernel always answers; a silent socket for this long means something is badly wrong.
-SOCKET_TIMEOUT = 10.0
 
 
 def _align(n: int) -> int:
@@ -393,34 +384,7 @@ class NetlinkLoopback:
 
     @staticmethod
     def _open(netns: str | None) -> socket.socket:
-        context = f"open rtnetlink socket in netns {netns}" if netns else "open rtnetlink socket"
-        with map_netlink_errors(ACTUATOR, context):
-            if netns is None:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            else:
-                path = netns if "/" in netns else f"/run/netns/{netns}"
-                if not os.path.exists(path):
-                    raise PermanentError(ACTUATOR, f"{context}: no such namespace")
-                # flags=0: never create the namespace, only enter it.
-                sock = pyroute2_netns.create_socket(
-                    netns=netns,
-                    family=socket.AF_NETLINK,
-                    socket_type=socket.SOCK_RAW,
-                    proto=NETLINK_ROUTE,
-                    flags=0,
-                )
-            try:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
-                except PermissionError:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-                sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-                sock.bind((0, 0))
-                sock.settimeout(SOCKET_TIMEOUT)
-            except BaseException:
-                sock.close()
-                raise
-        return sock
+        return open_rtnetlink(ACTUATOR, netns)
 
     def close(self) -> None:
         self._sock.close()

@@ -12,20 +12,42 @@ Usage::
 
     with map_netlink_errors("loopback"):
         ipr.addr("add", ...)
+
+``open_rtnetlink`` is the one place an rtnetlink socket is opened (in a named namespace or
+the current one): the loopback actuator uses it for requests, the link watcher for events.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pyroute2 import NetlinkError
+from pyroute2 import netns as pyroute2_netns
 
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 
-__all__ = ["PERMANENT_ERRNOS", "TRANSIENT_ERRNOS", "classify", "map_netlink_errors"]
+__all__ = [
+    "PERMANENT_ERRNOS",
+    "TRANSIENT_ERRNOS",
+    "classify",
+    "map_netlink_errors",
+    "open_rtnetlink",
+]
+
+NETLINK_ROUTE = 0
+SO_RCVBUFFORCE = 33  # not exported by the socket module
+SOL_NETLINK = 270
+NETLINK_GET_STRICT_CHK = 12
+
+#: Receive buffer of every rtnetlink socket: a 10,000-address dump, or a burst of that many
+#: address events, fits without an overrun (ENOBUFS).
+RCVBUF = 8 * 1024 * 1024
+#: The kernel always answers; a silent socket for this long means something is badly wrong.
+SOCKET_TIMEOUT = 10.0
 
 #: The kernel or the socket is busy, a buffer overflowed, or the call was interrupted:
 #: the same request may well succeed a moment later.
@@ -114,3 +136,40 @@ def map_netlink_errors(actuator: str, context: str = "") -> Iterator[None]:
         else:
             code = exc.errno if exc.errno is not None else _errno.EIO
         raise error_for(actuator, code, context) from exc
+
+
+def open_rtnetlink(actuator: str, netns: str | None, *, groups: int = 0) -> socket.socket:
+    """A bound NETLINK_ROUTE socket in ``netns`` (``ip netns`` name or a path; None: ours).
+
+    ``groups`` is the RTMGRP_* multicast mask to subscribe to (0: requests only). The socket
+    is blocking with ``SOCKET_TIMEOUT``. A missing namespace raises PermanentError and is
+    never created; every other failure is mapped like any netlink error.
+    """
+    context = f"open rtnetlink socket in netns {netns}" if netns else "open rtnetlink socket"
+    with map_netlink_errors(actuator, context):
+        if netns is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        else:
+            path = netns if "/" in netns else f"/run/netns/{netns}"
+            if not os.path.exists(path):
+                raise PermanentError(actuator, f"{context}: no such namespace")
+            # flags=0: never create the namespace, only enter it.
+            sock = pyroute2_netns.create_socket(
+                netns=netns,
+                family=socket.AF_NETLINK,
+                socket_type=socket.SOCK_RAW,
+                proto=NETLINK_ROUTE,
+                flags=0,
+            )
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            sock.bind((0, groups))
+            sock.settimeout(SOCKET_TIMEOUT)
+        except BaseException:
+            sock.close()
+            raise
+    return sock
