@@ -42,6 +42,27 @@ table. For a /32 or /128 that prefix route is a useless duplicate, and measured 
 makes removing IPv6 addresses twice as slow (3,000 removals: 1.55 s with it, 0.66 s
 without); for a wider prefix it would wrongly make the whole prefix local.
 
+Link down — what the kernel does (measured on the 6.18 host, in namespaces)
+---------------------------------------------------------------------------
+``ip link set IF down`` (IFF_UP cleared), for IF = ``lo``, a bridge and a veth alike, with a
+/32 and a /128 on it and a client in a second namespace routing both to it over a veth:
+
+* IPv4 addresses stay, and so does their ``local`` route in table local. Traffic from the
+  other namespace to the /32 is still accepted (the input path looks only at table local).
+  Traffic from the host itself to it is dropped when IF is ``lo`` (local delivery is
+  transmitted over ``lo``: 127.0.0.1 stops answering too), and still works for a bridge or
+  veth.
+* IPv6 addresses are deleted, ours included (an RTM_DELADDR each; on ``lo`` also ``::1``),
+  with their local routes: no IPv6 traffic at all. ``ip link set IF up`` does NOT bring them
+  back (only the kernel's ``::1`` on ``lo`` and link-local addresses reappear), so the next
+  pass re-adds ours. The kernel accepts an IPv6 address on a down interface (we can add it
+  back while down) and keeps it through the up. With ``net.ipv6.conf.IF.keep_addr_on_down=1``
+  the IPv6 addresses stay listed but their local routes are gone while down (traffic fails),
+  and come back on up.
+* Carrier loss (veth peer down: IFF_UP still set, no LOWER_UP) changes nothing: both
+  families keep their addresses and routes and accept traffic. Only IFF_UP matters, so that
+  is what ``LoopbackObserved.up`` reports.
+
 Why a raw rtnetlink codec instead of ``IPRoute.addr``
 ------------------------------------------------------
 Measured in a netns on the 6.18 host: pyroute2 0.9.7 ``IPRoute.addr("add")`` costs ~315 µs
@@ -125,10 +146,16 @@ class Address:
 
 @dataclass(frozen=True)
 class LoopbackObserved:
-    """What the kernel has on ``interface`` (global-scope and host-scope alike)."""
+    """What the kernel has on ``interface`` (global-scope and host-scope alike).
+
+    ``up`` is IFF_UP, read in the same ``observe``. A down interface keeps its IPv4
+    addresses but loses its IPv6 ones (see "Link down" above): the addresses listed are what
+    the kernel holds, not what serves traffic, so the caller decides what down means.
+    """
 
     interface: str
     addresses: frozenset[Address]
+    up: bool = True
 
     @cached_property
     def owned(self) -> frozenset[HostAddress]:
@@ -233,12 +260,14 @@ NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 
 RTM_NEWLINK = 16
+RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_GETADDR = 22
 
 IFLA_IFNAME = 3
+IFF_UP = 0x1
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_LABEL = 3
@@ -403,12 +432,13 @@ class NetlinkLoopback:
     # -- the Protocol
 
     def observe(self) -> LoopbackObserved:
-        """Read every address on the interface; ours are those marked with OWNER_PROTO."""
-        index = self._ifindex()
+        """Read every address on the interface (ours are those marked with OWNER_PROTO) and
+        whether it is up."""
+        index, up = self._link()
         for _attempt in range(DUMP_RETRIES):
             addresses, interrupted = self._dump_addresses(index)
             if not interrupted:
-                return LoopbackObserved(self.interface, frozenset(addresses))
+                return LoopbackObserved(self.interface, frozenset(addresses), up=up)
         raise TransientError(ACTUATOR, "address dump kept being interrupted by changes")
 
     def apply(self, actions: Sequence[Action]) -> None:
@@ -421,7 +451,7 @@ class NetlinkLoopback:
         """
         if not actions:
             return
-        index = self._ifindex()
+        index, _up = self._link()
         failures: list[ActuatorError] = []
         for chunk_start in range(0, len(actions), BATCH):
             chunk = actions[chunk_start : chunk_start + BATCH]
@@ -446,7 +476,8 @@ class NetlinkLoopback:
         with map_netlink_errors(ACTUATOR, "receive"):
             return self._sock.recv(1 << 20)
 
-    def _ifindex(self) -> int:
+    def _link(self) -> tuple[int, bool]:
+        """The interface's (index, IFF_UP), one RTM_GETLINK."""
         seq = self._next_seq()
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(
             IFLA_IFNAME, self.interface.encode() + b"\0"
@@ -463,8 +494,8 @@ class NetlinkLoopback:
                         continue
                     raise error_for(ACTUATOR, code, f"interface {self.interface!r}")
                 if kind == RTM_NEWLINK:
-                    _family, _type, index, _f, _c = _IFINFOMSG.unpack_from(data, start)
-                    return int(index)
+                    _family, _type, index, flags, _c = _IFINFOMSG.unpack_from(data, start)
+                    return int(index), bool(flags & IFF_UP)
 
     def _dump_addresses(self, index: int) -> tuple[list[Address], bool]:
         seq = self._next_seq()

@@ -11,10 +11,15 @@ in tests/unit/test_loopback_fake.py and tests/integration/test_loopback.py):
   does the kernel: ownership is ``plan``'s job);
 * every action of a batch is attempted, then the first failure is raised (a permanent one
   if any), like the real batch;
-* a missing interface answers PermanentError (the kernel's ENODEV) on observe and apply.
+* a missing interface answers PermanentError (the kernel's ENODEV) on observe and apply;
+* ``link_up = False`` (``ip link set IF down``) deletes every IPv6 address, ours included, and
+  keeps the IPv4 ones; ``link_up = True`` brings back only ``::1`` on ``lo``; adds work
+  while down (the kernel's default ``keep_addr_on_down=0``, measured: see the loopback
+  module's "Link down").
 
 Test hooks: ``add_foreign``/``remove_foreign`` (what an operator does with ``ip addr``),
-``fail_next`` (error injection on the next N writes), ``interface_present``, ``writes`` and
+``fail_next`` (error injection on the next N writes), ``interface_present``, ``link_up``,
+``writes`` and
 ``history`` (what was sent, in order). Pass ``addresses=`` (e.g. an earlier instance's
 ``observe().addresses``) to model a restart that finds marked addresses in the kernel.
 """
@@ -39,10 +44,8 @@ from anycastd.actuators.loopback import (
 
 __all__ = ["FakeLoopback"]
 
-_DEFAULT = (
-    Address(ipaddress.ip_address("127.0.0.1"), 8, owned=False),
-    Address(ipaddress.ip_address("::1"), 128, owned=False),
-)
+_LOOPBACK_V6 = Address(ipaddress.ip_address("::1"), 128, owned=False)
+_DEFAULT = (Address(ipaddress.ip_address("127.0.0.1"), 8, owned=False), _LOOPBACK_V6)
 
 
 class FakeLoopback:
@@ -52,6 +55,7 @@ class FakeLoopback:
         self.interface = interface
         self.addresses: set[Address] = set(addresses)
         self.interface_present = True
+        self._link_up = True
         self._failures: list[ActuatorError] = []
         self._writes = 0
         #: ("add" | "remove", "192.0.2.1/32") per write, in order
@@ -72,6 +76,20 @@ class FakeLoopback:
         iface = ipaddress.ip_interface(address)
         self.addresses.discard(Address(iface.ip, iface.network.prefixlen, owned=False))
 
+    @property
+    def link_up(self) -> bool:
+        """IFF_UP of the interface; reported as ``observe().up``."""
+        return self._link_up
+
+    @link_up.setter
+    def link_up(self, up: bool) -> None:
+        # What the kernel does to the addresses on the transition, not on every assignment.
+        if self._link_up and not up:
+            self.addresses = {a for a in self.addresses if a.ip.version == 4}
+        elif up and not self._link_up and self.interface == "lo":
+            self.addresses.add(_LOOPBACK_V6)
+        self._link_up = up
+
     def fail_next(self, error: ActuatorError, count: int = 1) -> None:
         """The next ``count`` writes fail with ``error`` (and change nothing)."""
         self._failures.extend([error] * count)
@@ -80,7 +98,7 @@ class FakeLoopback:
 
     def observe(self) -> LoopbackObserved:
         self._check_interface()
-        return LoopbackObserved(self.interface, frozenset(self.addresses))
+        return LoopbackObserved(self.interface, frozenset(self.addresses), up=self._link_up)
 
     def apply(self, actions: Sequence[Action]) -> None:
         if not actions:

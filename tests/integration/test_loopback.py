@@ -26,7 +26,7 @@ from anycastd.actuators.loopback import (
     plan,
 )
 from anycastd.testing.netns import Netns, netns, run
-from tests.unit.test_loopback_fake import SCENARIOS
+from tests.unit.test_loopback_fake import LINK_SCENARIOS, SCENARIOS
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,6 +74,23 @@ def in_ns(ns: Netns, code: str) -> str:
 def test_kernel_scenario_matches_the_fake(name: str, ns: Netns, lo: NetlinkLoopback) -> None:
     scenario, expected = SCENARIOS[name]
     assert scenario(lo, add_foreign(ns)) == expected
+
+
+@pytest.mark.parametrize("name", sorted(LINK_SCENARIOS))
+def test_kernel_link_scenario_matches_the_fake(name: str, ns: Netns, lo: NetlinkLoopback) -> None:
+    def set_link(up: bool) -> None:
+        ns.exec(["ip", "link", "set", "lo", "up" if up else "down"])
+
+    scenario, expected = LINK_SCENARIOS[name]
+    assert scenario(lo, set_link) == expected
+
+
+def test_observe_reports_a_down_interface_other_than_lo(ns: Netns) -> None:
+    ns.exec(["ip", "link", "add", "br0", "type", "bridge"])
+    with NetlinkLoopback("br0", netns=ns.name) as br:
+        assert br.observe().up is False
+        ns.exec(["ip", "link", "set", "br0", "up"])
+        assert br.observe().up is True
 
 
 def test_ipv4_and_ipv6_addresses_appear_on_the_namespace_lo(

@@ -228,6 +228,73 @@ def test_fake_scenario(name: str) -> None:
     assert run(fake, fake.add_foreign) == expected
 
 
+# Link scenarios: the same transcript from the kernel (``ip link set lo down|up`` in a
+# namespace, tests/integration/test_loopback.py) and from FakeLoopback.link_up.
+
+SetLink = Callable[[bool], None]
+
+
+def _link_state(act: LoopbackActuator) -> str:
+    observed = act.observe()
+    loopback_v6 = "::1/128 (foreign)" in {str(a) for a in observed.addresses}
+    return f"{_state(act)} | up: {observed.up} | ::1: {loopback_v6}"
+
+
+def scenario_link_down_keeps_ipv4_drops_ipv6(act: LoopbackActuator, set_link: SetLink) -> list[str]:
+    out: list[str] = []
+    act.apply([AddAddress(I("192.0.2.1/32")), AddAddress(I("2001:db8::1/128"))])
+    out.append(_link_state(act))
+    set_link(False)
+    out.append(_link_state(act))
+    # The kernel accepts an IPv6 address on a down interface and keeps it when it comes up.
+    act.apply([AddAddress(I("2001:db8::1/128"))])
+    out.append(_link_state(act))
+    set_link(True)
+    out.append(_link_state(act))
+    return out
+
+
+def scenario_link_up_does_not_restore_ipv6(act: LoopbackActuator, set_link: SetLink) -> list[str]:
+    out: list[str] = []
+    act.apply([AddAddress(I("2001:db8::2/128"))])
+    set_link(False)
+    set_link(True)
+    out.append(_link_state(act))
+    return out
+
+
+LINK_SCENARIOS: dict[str, tuple[Callable[[LoopbackActuator, SetLink], list[str]], list[str]]] = {
+    "link_down_keeps_ipv4_drops_ipv6": (
+        scenario_link_down_keeps_ipv4_drops_ipv6,
+        [
+            "state: 192.0.2.1/32, 2001:db8::1/128 | up: True | ::1: True",
+            "state: 192.0.2.1/32 | up: False | ::1: False",
+            "state: 192.0.2.1/32, 2001:db8::1/128 | up: False | ::1: False",
+            "state: 192.0.2.1/32, 2001:db8::1/128 | up: True | ::1: True",
+        ],
+    ),
+    "link_up_does_not_restore_ipv6": (
+        scenario_link_up_does_not_restore_ipv6,
+        ["state:  | up: True | ::1: True"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LINK_SCENARIOS))
+def test_fake_link_scenario(name: str) -> None:
+    fake = FakeLoopback()
+
+    def set_link(up: bool) -> None:
+        fake.link_up = up
+
+    run, expected = LINK_SCENARIOS[name]
+    assert run(fake, set_link) == expected
+
+
+def test_observed_link_state_defaults_to_up_for_existing_constructors() -> None:
+    assert LoopbackObserved("lo", frozenset()).up is True
+
+
 # --------------------------------------------------------------------------------------------
 # FakeLoopback specifics
 
