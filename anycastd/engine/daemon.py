@@ -314,14 +314,19 @@ class Daemon:
         if self.config.bgp is not None:
             extra["bgp"] = self.peers.section(now)
         ctl = self.controller
-        if ctl is not None and ctl.last_observed is not None:
+        method = self._published()
+        if method == "none":
+            # nothing speaks for this node: whatever the controller remembers, it is not
+            # announced anywhere
+            announced = {name: [] for name in self.config.services}
+        elif ctl is not None and ctl.last_observed is not None:
             routes = {r.prefix for r in ctl.last_observed.announced}
             announced = {
                 name: sorted(str(p) for p in svc.prefixes if str(p) in routes)
                 for name, svc in self.config.services.items()
             }
-            if ctl.last_plan is not None:
-                extra["prefixes"] = dict(ctl.last_plan.phases)
+        if ctl is not None and ctl.last_plan is not None and ctl.last_observed is not None:
+            extra["prefixes"] = dict(ctl.last_plan.phases)
         if self.sysctl_drift:
             extra["sysctls"] = {d.key: {"want": d.expected, "have": d.actual}
                                 for d in self.sysctl_drift}
@@ -331,7 +336,15 @@ class Daemon:
         return build_status(
             self.config.global_.node, time.time(), self.scheduler.services, now,
             extra, announced=announced,
+            published=dict.fromkeys(self.config.services, method),
         )
+
+    def _published(self) -> str:
+        """How prefixes reach the network: ``bgp`` with a ``[bgp]`` section (a dry run
+        says ``dry-run``: planned, never sent), else ``none``. OSPF will add ``ospf``."""
+        if self.config.bgp is None:
+            return "none"
+        return "dry-run" if self.world is not None and self.world.dry_run else "bgp"
 
     def alive(self) -> bool:
         return self._sched_task is not None and not self._sched_task.done()
@@ -436,6 +449,8 @@ class Daemon:
         )
         self.metrics.sync(health)
         self.metrics.reload(True, time.time())
+        # [bgp] cannot be added or removed by a reload (it needs a restart)
+        self.metrics.set_bgp_configured(self.config.bgp is not None)
         for name, h in health.items():
             event(log, "service_start", service=name, state=h.state.value, reason=h.reason)
         self.world = world = self._world_factory(self.config, self._on_peer)

@@ -17,7 +17,7 @@ Families (labels)::
     anycastd_build_info{version}                         gauge, always 1
     anycastd_service_state{service,state}                gauge 0/1, all 5 states
     anycastd_check_up{service,check}                     gauge 0/1, check hysteresis state
-    anycastd_prefix_announced{service,prefix}            gauge 0/1
+    anycastd_prefix_announced{service,prefix}            gauge 0/1 (0 for all without [bgp])
     anycastd_check_duration_seconds{service,check}       histogram, probe latency
     anycastd_check_results_total{service,check,result}   counter, result ok|fail|timeout|error
     anycastd_check_lateness_seconds                      histogram, scheduler start lateness
@@ -147,7 +147,8 @@ class Metrics:
         )
         self._announced = Gauge(
             "anycastd_prefix_announced",
-            "1 while this node announces the service's prefix, else 0.",
+            "1 while this node announces the service's prefix over BGP, else 0 (always 0 "
+            "without a [bgp] section: nothing is announced).",
             ["service", "prefix"],
             registry=reg,
         )
@@ -195,6 +196,7 @@ class Metrics:
         # label sets created per service, so forget_service removes exactly those
         self._checks: dict[str, set[str]] = {}
         self._prefixes: dict[str, set[str]] = {}
+        self._bgp = True  # see set_bgp_configured
         self._known: set[str] = set()  # services with state/transition series
         self._flapping: set[str] = set()  # services with a flaps series
 
@@ -242,15 +244,25 @@ class Metrics:
                 self._touch_check(name, c.name)
                 self._check_up.labels(name, c.name).set(1 if c.state is CheckState.UP else 0)
 
+    def set_bgp_configured(self, configured: bool) -> None:
+        """Without ``[bgp]`` nothing is announced, whatever a caller passes to
+        :meth:`set_announced`: every prefix reads 0 (known: not announced), never 1."""
+        self._bgp = configured
+        if not configured:
+            for service, prefixes in self._prefixes.items():
+                for prefix in prefixes:
+                    self._announced.labels(service, prefix).set(0)
+
     def set_announced(
         self, service: str, prefixes: Iterable[str], configured: Iterable[str] | None = None
     ) -> None:
         """``prefixes``: what this node announces for ``service`` now (1). Prefixes seen
         before but not announced now read 0. With ``configured`` (the service's prefixes
         in the config) every configured prefix is exported and any other one is removed."""
-        announced = set(prefixes)
+        given = set(prefixes)
+        announced = given if self._bgp else set()
         known = self._prefixes.setdefault(service, set())
-        series = (set(configured) | announced) if configured is not None else known | announced
+        series = (set(configured) | given) if configured is not None else known | given
         for stale in known - series:
             _remove(self._announced, service, stale)
         for prefix in series:

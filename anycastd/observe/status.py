@@ -24,6 +24,9 @@ outside the process. Schema (``schema`` is bumped on an incompatible change)::
           "maintenance": false,              # the flag (maintenance wins over other states)
           "draining": false,                 # the operator drain flag
           "announced": ["192.0.2.53/32"] | null,   # null: not known (no route information)
+          "published": "bgp" | "none" | null,      # how its prefixes reach the network:
+                                             # "none" without [bgp] (announced is then []);
+                                             # null: not known
           "damping": null | {                # null: no damping configured
             "penalty": 0.0,
             "suppressed": false,
@@ -91,7 +94,7 @@ def _check_doc(c: CheckHealth, mono_now: float) -> dict[str, Any]:
 
 
 def _service_doc(
-    h: ServiceHealth, mono_now: float, announced: Iterable[str] | None
+    h: ServiceHealth, mono_now: float, announced: Iterable[str] | None, published: str | None
 ) -> dict[str, Any]:
     damping: dict[str, Any] | None = None
     if h.params.damping is not None:
@@ -110,6 +113,7 @@ def _service_doc(
         "maintenance": h.maintenance,
         "draining": h.draining,
         "announced": sorted(announced) if announced is not None else None,
+        "published": published,
         "damping": damping,
         "checks": [_check_doc(c, mono_now) for c in h.checks],
     }
@@ -142,6 +146,7 @@ def build_status(
     extra: Mapping[str, object] | None = None,
     *,
     announced: Mapping[str, Iterable[str]] | None = None,
+    published: Mapping[str, str] | None = None,
     version: str = __version__,
 ) -> dict[str, Any]:
     """The status document (schema in the module docstring).
@@ -152,6 +157,8 @@ def build_status(
     or ``addresses``, ``ipvs``...), deep-copied into JSON-ready values; a key in
     :data:`CORE_KEYS` other than ``bgp`` is a ValueError. ``announced``: per service, the
     prefixes this node announces now (a service missing from it reads ``null``).
+    ``published``: per service, how its prefixes are published (``"bgp"``, ``"none"``);
+    missing reads ``null``.
     """
     summary = dict.fromkeys(_STATES, 0)
     docs: dict[str, Any] = {}
@@ -159,7 +166,8 @@ def build_status(
         h = services[name]
         summary[h.state.value] += 1
         docs[name] = _service_doc(
-            h, mono_now, announced.get(name) if announced is not None else None
+            h, mono_now, announced.get(name) if announced is not None else None,
+            published.get(name) if published is not None else None,
         )
     doc: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -289,6 +297,8 @@ def render_text(doc: Mapping[str, Any], *, checks: bool = False) -> str:
     )
     lines = [f"node {doc.get('node', '?')}  anycastd {doc.get('version', '?')}  {stamp}"]
     services = doc.get("services") or {}
+    # a document from an anycastd that does not say how prefixes are published: no column
+    via = any(isinstance(s, Mapping) and s.get("published") for s in services.values())
     rows: list[list[str]] = []
     for name, svc in services.items():
         announced = svc.get("announced")
@@ -297,6 +307,7 @@ def render_text(doc: Mapping[str, Any], *, checks: bool = False) -> str:
                 name,
                 str(svc.get("state", "?")),
                 format_age(svc.get("since_seconds")),
+                *([str(svc.get("published") or "?")] if via else []),
                 "?" if announced is None else (",".join(announced) or "-"),
                 str(svc.get("reason", "")) + _flags(svc),
             ]
@@ -309,6 +320,7 @@ def render_text(doc: Mapping[str, Any], *, checks: bool = False) -> str:
                         f"  {c.get('name', '?')}",
                         str(c.get("state", "?")),
                         format_age(c.get("since_seconds")),
+                        *([""] if via else []),
                         "",
                         (
                             "no result yet"
@@ -321,7 +333,9 @@ def render_text(doc: Mapping[str, Any], *, checks: bool = False) -> str:
                 )
     lines.append("")
     if rows:
-        lines += _table(["SERVICE", "STATE", "SINCE", "ANNOUNCED", "REASON"], rows)
+        header = ["SERVICE", "STATE", "SINCE", *(["PUBLISHED"] if via else []), "ANNOUNCED",
+                  "REASON"]
+        lines += _table(header, rows)
     else:
         lines.append("no services")
     bgp = doc.get("bgp")

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from anycastd.bgp.speaker import PeerState
+from anycastd.config import Config
 from anycastd.core.health import ServiceState
+from anycastd.engine.controller import NullSpeaker
+from anycastd.engine.world import World
+from anycastd.observe.status import render_text
 from tests.unit.test_daemon import HEAD, Node, fast, running, wait_for
 
 A = "192.0.2.1/32"
@@ -132,3 +138,33 @@ async def test_reload_that_renames_a_service_carries_its_real_servers_health(
         assert all(WEB_PREFIX in rib for _, rib in node.speaker.timeline[changes:])
         assert node.announced() == {WEB_PREFIX: ()}
         assert _messages(caplog, mark, "real_server_transition") == []
+
+
+# --------------------------------------------------------------------------- no [bgp]
+
+
+async def test_without_bgp_nothing_is_reported_announced(tmp_path: Path) -> None:
+    text = HEAD.format(tmp=tmp_path).split("[bgp]")[0] + fast(tmp_path, "a", A)
+    node = NoBgpNode(tmp_path, text, dry_run=False)  # the controller feeds the metrics
+    node.flag("a-ok").touch()
+    async with running(node):
+        assert node.daemon is not None
+        ctl = node.daemon.controller
+        assert ctl is not None
+        # the pass that published the address has finished (and exported its metrics)
+        await wait_for(lambda: node.holds(A) and ctl.busy_since is None)
+        assert node.state("a") is ServiceState.UP
+        status = node.daemon.status()
+        assert status["services"]["a"]["announced"] == []
+        assert status["services"]["a"]["published"] == "none"
+        assert status["bgp"] is None
+        row = next(ln for ln in render_text(status).splitlines() if ln.startswith("a "))
+        assert A not in row
+        metrics = node.daemon.metrics.render().decode()
+        assert f'anycastd_prefix_announced{{prefix="{A}",service="a"}} 0.0' in metrics
+
+
+class NoBgpNode(Node):
+    def world(self, config: Config, on_peer: Callable[[PeerState], None]) -> World:
+        assert config.bgp is None
+        return World(self.lo, self.ipvs, NullSpeaker(), None, dry_run=self.dry_run)

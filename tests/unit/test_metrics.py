@@ -392,3 +392,11 @@ def test_forget_service_drops_run_series_seen_without_a_sync() -> None:
     assert 'service="web/10.1.0.10:80"' in m.render().decode()
     m.forget_service("web/10.1.0.10:80")
     assert "web/10.1.0.10:80" not in m.render().decode()
+
+
+def test_without_bgp_no_prefix_reads_announced() -> None:
+    # no [bgp] section: whatever the controller remembers having "sent", nothing is announced
+    m = Metrics()
+    m.set_bgp_configured(False)
+    m.set_announced("dns", ["192.0.2.53/32"], configured=["192.0.2.53/32"])
+    assert value(m, "anycastd_prefix_announced", service="dns", prefix="192.0.2.53/32") == 0

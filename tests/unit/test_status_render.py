@@ -298,3 +298,23 @@ def test_render_shows_what_is_announced_real_servers_and_sysctl_drift() -> None:
     assert "192.0.2.53/32" in dns_line
     assert "web/10.1.0.10:80  down" in text
     assert "net.ipv4.ip_forward" in text
+
+
+def test_each_service_says_how_its_prefixes_are_published() -> None:
+    d = doc(published={"dns": "bgp", "web": "none"})
+    assert d["services"]["dns"]["published"] == "bgp"
+    assert d["services"]["web"]["published"] == "none"
+    assert d["services"]["ntp"]["published"] is None  # not known
+
+
+def test_render_text_without_bgp_shows_nothing_announced_and_how_it_is_published() -> None:
+    # no [bgp]: nothing is announced, and the table says so instead of listing prefixes
+    document = build_status(
+        "edge1", WALL, services(), 100.0,
+        announced=dict.fromkeys(services(), ()), published=dict.fromkeys(services(), "none"),
+    )
+    lines = render_text(document).splitlines()
+    header = next(ln for ln in lines if ln.startswith("SERVICE"))
+    dns = next(ln for ln in lines if ln.startswith("dns"))
+    assert header.split()[:5] == ["SERVICE", "STATE", "SINCE", "PUBLISHED", "ANNOUNCED"]
+    assert dns.split()[:5] == ["dns", "up", "1m30s", "none", "-"]
