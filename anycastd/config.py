@@ -725,6 +725,9 @@ class ServiceConfig(_Model):
     maintenance_file: AbsPath | None = None
     drain_file: AbsPath | None = None
     drain_time: Duration = 10.0
+    # A failure withdraws at once (peers that ignore 65535:0 would keep sending traffic to
+    # a dead service for the whole drain); this opts back into demote-then-drain.
+    drain_on_failure: Bool = False
     shutdown: Literal["withdraw", "drain-then-withdraw", "keep"] = "drain-then-withdraw"
     damping: Damping | None = None
     checks: tuple[Check, ...] = ()

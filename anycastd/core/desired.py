@@ -59,7 +59,7 @@ missing from ``real_servers_up`` is down.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, TypeAlias
@@ -113,10 +113,14 @@ def effective_state(state: ServiceState, real_servers_up: int, min_healthy: int)
 
 @dataclass(frozen=True, order=True)
 class Guard:
-    """A virtual service that needs ``min_healthy`` real servers with weight > 0."""
+    """A virtual service that needs ``min_healthy`` real servers that are both healthy by
+    their checks (``healthy``: (address, port), configured weight > 0) and at weight > 0 in
+    the kernel. Counting weights alone would let a dead real server that still has its
+    weight hold a prefix up."""
 
     service: VirtualService
     min_healthy: int
+    healthy: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,15 +139,22 @@ class ServiceIntent:
     idle: tuple[ServiceSpec, ...]
     shutdown: ShutdownPolicy
     drain_time: float
+    #: a take-down of this service now is unplanned (it fails) and may not drain
+    failing: bool = False
 
 
 @dataclass(frozen=True)
 class PrefixIntent:
     """One prefix (canonical text, e.g. ``"192.0.2.53/32"``) and what it should be.
 
-    ``route`` is the announcement now (None: not announced). ``demote`` is what to announce
-    while draining before a withdraw (None: withdraw without demoting). ``address`` is the
-    host address that goes on the interface (None for a wider prefix). ``guards`` holds, per
+    ``wanted``: some owner's state wants the prefix served (address on, IPVS live) and
+    published. ``route`` is the BGP announcement now (None: not announced; always None
+    without ``[bgp]``). ``demote`` is what to announce while draining before a withdraw
+    (None: withdraw without demoting). ``planned``: a take-down now would be planned
+    (maintenance, drain flag, disabled, shutdown) and may demote and drain; False when the
+    owners fail (checks down, too few healthy real servers): then the prefix is withdrawn
+    at once, unless an owner opted into ``drain_on_failure``. ``address`` is the host
+    address that goes on the interface (None for a wider prefix). ``guards`` holds, per
     owner, the virtual services that must be healthy; ``announcing`` the owners whose state
     announces the prefix; ``virtual_services`` every virtual service serving the prefix (their
     connections end a drain early).
@@ -161,6 +172,8 @@ class PrefixIntent:
     announcing: tuple[str, ...]
     ospf_metric: int | None
     virtual_services: tuple[VirtualService, ...] = ()
+    wanted: bool = False
+    planned: bool = True
 
     def guards_of(self, owner: str) -> tuple[Guard, ...]:
         for name, guards in self.guards:
@@ -189,6 +202,11 @@ class Desired:
     @cached_property
     def _by_service(self) -> dict[str, ServiceIntent]:
         return {s.name: s for s in self.services}
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """Every prefix some owner wants served and published (BGP or not)."""
+        return frozenset(p.prefix for p in self.prefixes if p.wanted)
 
     @property
     def routes(self) -> frozenset[Route]:
@@ -312,15 +330,19 @@ def _specs(
     return tuple(specs)
 
 
-def _usable_real_servers(svc: ServiceConfig, up: Mapping[RealServerKey, bool]) -> int:
+def _healthy_real_servers(
+    svc: ServiceConfig, up: Mapping[RealServerKey, bool]
+) -> tuple[tuple[str, int], ...]:
+    """(address, port) of the real servers their checks call healthy, weight > 0."""
     ipvs = svc.ipvs
     if ipvs is None:
-        return 0
-    return sum(
-        1
-        for rs in ipvs.real_servers
-        if rs.weight > 0 and up.get((svc.name, str(rs.address), _rs_port(ipvs, rs.port)), False)
-    )
+        return ()
+    out: list[tuple[str, int]] = []
+    for rs in ipvs.real_servers:
+        port = _rs_port(ipvs, rs.port)
+        if rs.weight > 0 and up.get((svc.name, str(rs.address), port), False):
+            out.append((str(rs.address), port))
+    return tuple(sorted(out))
 
 
 def _ospf_metric(svc: ServiceConfig, state: ServiceState) -> int | None:
@@ -339,10 +361,17 @@ def _service_intent(
     health: ServiceState,
     up: Mapping[RealServerKey, bool],
     vses: dict[str, tuple[VirtualService, ...]],
+    *,
+    checks_fail: bool,
 ) -> ServiceIntent:
-    usable = _usable_real_servers(svc, up)
+    usable = len(_healthy_real_servers(svc, up))
     min_healthy = svc.ipvs.min_healthy if svc.ipvs is not None else 0
     state = effective_state(health, usable, min_healthy)
+    # Unplanned: DOWN (checks, damping or too few real servers), or an operator state
+    # (maintenance, drain) over checks that fail: a drain would feed a dead service.
+    failing = state is ServiceState.DOWN or (
+        state is not ServiceState.DISABLED and (checks_fail or usable < min_healthy)
+    )
     attrs = svc.bgp.for_state(state.value) if state in _ANNOUNCING_STATES else None
     announces = attrs is not None and attrs.announce and usable >= min_healthy
     all_vs = tuple(sorted({vs for group in vses.values() for vs in group}))
@@ -357,6 +386,7 @@ def _service_intent(
         idle=() if state is ServiceState.DISABLED else _specs(svc, all_vs, up, live=False),
         shutdown=svc.shutdown,
         drain_time=svc.drain_time,
+        failing=failing and not svc.drain_on_failure,
     )
 
 
@@ -373,6 +403,9 @@ def _prefix_intent(
     owners: list[ServiceConfig],
     intents: Mapping[str, ServiceIntent],
     vses: Mapping[str, dict[str, tuple[VirtualService, ...]]],
+    up: Mapping[RealServerKey, bool],
+    *,
+    bgp: bool,
 ) -> PrefixIntent:
     prefix = str(net)
     owners = sorted(owners, key=lambda s: s.name)
@@ -384,14 +417,14 @@ def _prefix_intent(
         state = intents[best.name].state
         attrs = best.bgp.for_state(state.value)
         assert attrs is not None  # noqa: S101 -- announcing states have attributes
-        route = route_for(prefix, attrs)
+        route = route_for(prefix, attrs) if bgp else None
     demoter = next((s for s in owners if s.bgp.draining.announce), None)
-    demote = route_for(prefix, demoter.bgp.draining) if demoter is not None else None
+    demote = route_for(prefix, demoter.bgp.draining) if demoter is not None and bgp else None
     guards = tuple(
         (
             s.name,
             tuple(
-                Guard(vs, s.ipvs.min_healthy)
+                Guard(vs, s.ipvs.min_healthy, _healthy_real_servers(s, up))
                 for vs in vses[s.name].get(prefix, ())
                 if s.ipvs is not None and s.ipvs.min_healthy > 0
             ),
@@ -412,6 +445,9 @@ def _prefix_intent(
         announcing=tuple(s.name for s in announcing),
         ospf_metric=_ospf_metric(metric_owner, intents[metric_owner.name].state),
         virtual_services=tuple(sorted({vs for s in owners for vs in vses[s.name].get(prefix, ())})),
+        wanted=best is not None,
+        # a shared prefix drains when any owner can still serve it
+        planned=not all(intents[s.name].failing for s in owners),
     )
 
 
@@ -419,12 +455,17 @@ def compute(
     config: Config,
     states: Mapping[str, ServiceState],
     real_servers_up: Mapping[RealServerKey, bool] | None = None,
+    *,
+    failing: Collection[str] = (),
 ) -> Desired:
     """The desired state of every configured service and prefix.
 
     ``states``: service name -> health state (missing: DOWN). ``real_servers_up``:
     (service, real-server address, port) -> healthy (missing: down); the port is the real
     server's resolved port (the virtual port when not configured; 0 for fwmark).
+    ``failing``: services whose own checks fail whatever their state says (maintenance and
+    drain flags take precedence in the state): taking them down is not planned.
+    Without ``[bgp]`` no prefix has a route: addresses and IPVS still follow the states.
     """
     up = real_servers_up or {}
     services = [config.services[name] for name in sorted(config.services)]
@@ -437,6 +478,7 @@ def compute(
             else states.get(svc.name, ServiceState.DOWN),
             up,
             vses[svc.name],
+            checks_fail=svc.name in failing,
         )
         for svc in services
     }
@@ -446,6 +488,9 @@ def compute(
             by_prefix.setdefault(net, []).append(svc)
     ordered = sorted(by_prefix, key=lambda n: (n.version, n.network_address, n.prefixlen))
     return Desired(
-        prefixes=tuple(_prefix_intent(n, by_prefix[n], intents, vses) for n in ordered),
+        prefixes=tuple(
+            _prefix_intent(n, by_prefix[n], intents, vses, up, bgp=config.bgp is not None)
+            for n in ordered
+        ),
         services=tuple(intents[s.name] for s in services),
     )

@@ -84,7 +84,7 @@ The executor (the asyncio shell) drives it like this::
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -111,7 +111,9 @@ __all__ = [
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-Phase = Literal["announced", "announcing", "draining", "withdrawing", "withdrawn", "kept"]
+Phase = Literal[
+    "announced", "announcing", "draining", "withdrawing", "withdrawn", "kept", "serving"
+]
 
 
 @dataclass(frozen=True)
@@ -181,31 +183,86 @@ def _present_ips(observed: LoopbackObserved) -> frozenset[IPAddress]:
     return frozenset(a.ip for a in observed.addresses)
 
 
-def _usable(servers: Iterable[RealServer]) -> int:
-    return sum(1 for rs in servers if rs.weight > 0)
+def _usable(servers: Iterable[RealServer], healthy: frozenset[tuple[str, int]]) -> int:
+    return sum(1 for rs in servers if rs.weight > 0 and rs.key in healthy)
 
 
-def _observed_counts(observed: IpvsObserved) -> dict[VirtualService, int]:
-    return {
-        vs: _usable(ors.server for ors in svc.real_servers)
-        for vs, svc in observed.services.items()
-    }
+#: How many real servers serve a guard: healthy by their checks AND at weight > 0.
+Counter: TypeAlias = Callable[[Guard], int]
 
 
-def _guards_hold(guards: Iterable[Guard], counts: Mapping[VirtualService, int]) -> bool:
-    return all(counts.get(g.service, 0) >= g.min_healthy for g in guards)
+def _observed_counter(observed: IpvsObserved) -> Counter:
+    def count(g: Guard) -> int:
+        svc = observed.services.get(g.service)
+        if svc is None:
+            return 0
+        return _usable((ors.server for ors in svc.real_servers), frozenset(g.healthy))
+
+    return count
+
+
+def _predecessor_counter(observed: Observed, desired_vs: frozenset[VirtualService]) -> Counter:
+    """Like the observed count, but a guard whose virtual service does not exist yet is
+    served by the one it replaces: an owned virtual service on the same VIP (or fwmark
+    family) that is not desired any more (a reload changed the port or the protocol).
+    Real servers are matched by address, as the port may have changed with it."""
+    direct = _observed_counter(observed.ipvs)
+
+    def count(g: Guard) -> int:
+        if g.service in observed.ipvs.services:
+            return direct(g)
+        healthy = {address for address, _ in g.healthy}
+        best = 0
+        for vs, svc in observed.ipvs.services.items():
+            if vs in desired_vs or vs not in observed.ipvs_owned or not _same_vip(vs, g.service):
+                continue
+            n = sum(1 for ors in svc.real_servers
+                    if ors.server.weight > 0 and ors.server.address in healthy)
+            best = max(best, n)
+        return best
+
+    return count
+
+
+def _same_vip(a: VirtualService, b: VirtualService) -> bool:
+    if (a.protocol == "fwmark") != (b.protocol == "fwmark"):
+        return False
+    if a.protocol == "fwmark":
+        return a.family == b.family
+    return a.address == b.address
+
+
+def _spec_counter(
+    specs: Mapping[VirtualService, ServiceSpec], held: set[VirtualService], observed: Observed
+) -> Counter:
+    """The count once the IPVS step has run: desired specs, held (kept) services as seen."""
+    direct = _observed_counter(observed.ipvs)
+
+    def count(g: Guard) -> int:
+        spec = specs.get(g.service)
+        if spec is not None:
+            return _usable(spec.real_servers, frozenset(g.healthy))
+        if g.service in held or g.service not in observed.ipvs_owned:
+            return direct(g)  # untouched by this pass (kept, or not ours to delete)
+        return 0  # an owned service not desired is deleted in step 3
+
+    return count
+
+
+def _guards_hold(guards: Iterable[Guard], count: Counter) -> bool:
+    return all(count(g) >= g.min_healthy for g in guards)
 
 
 def _gate(
     intent: PrefixIntent,
     owners: Iterable[str],
     ips: frozenset[IPAddress],
-    counts: Mapping[VirtualService, int],
+    count: Counter,
 ) -> bool:
     """May ``intent`` be announced given these addresses and real-server counts?"""
     if intent.address is not None and intent.address.ip not in ips:
         return False
-    return any(_guards_hold(intent.guards_of(o), counts) for o in owners)
+    return any(_guards_hold(intent.guards_of(o), count) for o in owners)
 
 
 def _gate_owners(intent: PrefixIntent) -> tuple[str, ...]:
@@ -229,7 +286,10 @@ class _Pass:
     """Scratch space of one pass (never leaves ``plan``)."""
 
     bgp1: dict[str, frozenset[Route]] = field(default_factory=dict)
-    targets: dict[str, Route] = field(default_factory=dict)
+    #: prefixes the state wants served -> the route to announce (None: no BGP)
+    targets: dict[str, Route | None] = field(default_factory=dict)
+    #: announced prefixes kept up across a virtual service replaced in this pass
+    moving: set[str] = field(default_factory=set)
     draining: set[str] = field(default_factory=set)
     kept: set[str] = field(default_factory=set)
     drains: dict[str, float] = field(default_factory=dict)
@@ -252,6 +312,8 @@ def _take_down(
     """An announced prefix nobody wants announced: demote and wait, or withdraw."""
     if intent is None or intent.demote is None or intent.drain_time <= 0:
         return  # withdraw now (not in bgp1)
+    if not intent.planned:
+        return  # a failure: most peers ignore 65535:0, so only a withdraw moves traffic
     if policy_withdraw or not observed_ok:
         return
     if since is None and have != frozenset({intent.demote}):
@@ -278,35 +340,18 @@ def _take_down(
         p.wakeups.append(now + connection_poll)
 
 
-def _clamp(spec: ServiceSpec, observed: IpvsObserved, min_healthy: int) -> ServiceSpec:
-    """``spec`` with the observed weight > 0 real servers kept, when ``spec`` alone would
-    leave fewer than ``min_healthy``."""
-    if _usable(spec.real_servers) >= min_healthy:
-        return spec
-    have = observed.services.get(spec.service)
-    if have is None:
-        return spec
-    merged = {rs.key: rs for rs in spec.real_servers}
-    for ors in have.real_servers:
-        cur = merged.get(ors.server.key)
-        if ors.server.weight > 0 and (cur is None or cur.weight == 0):
-            merged[ors.server.key] = ors.server
-    return ServiceSpec(
-        spec.service,
-        spec.scheduler,
-        spec.persistence,
-        tuple(sorted(merged.values(), key=lambda rs: rs.key)),
-    )
-
-
 def _ipvs_target(
-    p: _Pass, desired: Desired, observed: Observed, *, shutdown: bool
+    p: _Pass, desired: Desired, *, shutdown: bool, fail_closed: bool
 ) -> tuple[dict[VirtualService, ServiceSpec], set[VirtualService]]:
-    """The IPVS table to aim at this pass, and the virtual services left untouched."""
+    """The IPVS table to aim at this pass, and the virtual services left untouched.
+
+    A real server its checks call dead is at weight 0 (or absent) in every spec, whatever
+    the service's state: nothing keeps a dead real server in rotation, not even a drain."""
     specs: dict[VirtualService, ServiceSpec] = {}
     held: set[VirtualService] = set()
     for s in desired.services:
-        if shutdown and (s.shutdown == "keep" or any(x in p.kept for x in s.prefixes)):
+        keep = not fail_closed and (s.shutdown == "keep" or any(x in p.kept for x in s.prefixes))
+        if shutdown and keep:
             # a kept prefix keeps every owner's virtual services with it (shared prefixes)
             held.update(spec.service for spec in s.live)
             continue
@@ -316,15 +361,6 @@ def _ipvs_target(
             continue  # shutdown: the virtual service goes once its prefixes are withdrawn
         for spec in s.live if active else s.idle:
             specs[spec.service] = spec
-    for prefix in p.bgp1:
-        intent = desired.prefix(prefix)
-        if intent is None or prefix in p.kept:
-            continue
-        for owner in _gate_owners(intent):
-            for g in intent.guards_of(owner):
-                current = specs.get(g.service)
-                if current is not None:
-                    specs[g.service] = _clamp(current, observed.ipvs, g.min_healthy)
     return specs, held
 
 
@@ -369,6 +405,7 @@ def plan(
     now: float,
     *,
     shutdown: bool = False,
+    fail_closed: bool = False,
     drain_connections: int = 0,
     connection_poll: float = 1.0,
 ) -> Plan:
@@ -384,24 +421,35 @@ def plan(
         announced.setdefault(route.prefix, set()).add(route)
     intents = {i.prefix: i for i in desired.prefixes}
     ips = _present_ips(observed.loopback)
-    counts = _observed_counts(observed.ipvs)
+    counts = _observed_counter(observed.ipvs)
+    desired_vs = frozenset(
+        spec.service for s in desired.services for spec in (*s.live, *s.idle)
+    )
+    moved = _predecessor_counter(observed, desired_vs)
     drains = dict(state.drains)
     p = _Pass()
 
     for prefix in sorted(intents.keys() | announced.keys()):
         intent = intents.get(prefix)
         have = frozenset(announced.get(prefix, ()))
-        if shutdown and intent is not None and intent.shutdown == "keep":
+        if (
+            shutdown and not fail_closed and intent is not None and intent.shutdown == "keep"
+            and intent.planned  # keep never holds up a service that fails
+        ):
             p.kept.add(prefix)
             if have:
                 p.bgp1[prefix] = have
             continue
         observed_ok = intent is not None and _gate(intent, _gate_owners(intent), ips, counts)
-        target = intent.route if intent is not None and not shutdown else None
-        if target is not None:
-            p.targets[prefix] = target
+        if intent is not None and intent.wanted and not shutdown:
+            p.targets[prefix] = intent.route
             if have and observed_ok:
                 p.bgp1[prefix] = have  # stays announced; attributes change in step 5
+            elif have and _gate(intent, _gate_owners(intent), ips, moved):
+                # its virtual service is being replaced (make-before-break): it stays,
+                # if the new one serves it once the IPVS step has run (checked below)
+                p.bgp1[prefix] = have
+                p.moving.add(prefix)
             continue  # not announced, or announced but broken: (re)announced in step 5
         if have:
             _take_down(
@@ -409,7 +457,9 @@ def plan(
                 intent,
                 have,
                 drains.get(prefix),
-                policy_withdraw=shutdown and intent is not None and intent.shutdown == "withdraw",
+                policy_withdraw=fail_closed or (
+                    shutdown and intent is not None and intent.shutdown == "withdraw"
+                ),
                 observed_ok=observed_ok,
                 observed=observed,
                 now=now,
@@ -417,7 +467,12 @@ def plan(
                 connection_poll=connection_poll,
             )
 
-    specs, held = _ipvs_target(p, desired, observed, shutdown=shutdown)
+    specs, held = _ipvs_target(p, desired, shutdown=shutdown, fail_closed=fail_closed)
+    after = _spec_counter(specs, held, observed)
+    for prefix in p.moving:
+        intent = intents[prefix]
+        if not _gate(intent, intent.announcing, ips, after):
+            del p.bgp1[prefix]  # the replacement would not serve it: withdraw first
     ipvs_actions = _capacity_first(
         ipvs_actuator.plan(specs, observed.ipvs, observed.ipvs_owned - held)
     )
@@ -432,15 +487,10 @@ def plan(
         (lo_first if first else lo_last).append(a)
 
     ips_after = ips | {a.ip for a in want_addresses}
-    counts_after = dict(counts)
-    counts_after.update({vs: _usable(spec.real_servers) for vs, spec in specs.items()})
-    for vs in observed.ipvs.services:
-        if vs not in specs and vs not in held and vs in observed.ipvs_owned:
-            counts_after[vs] = 0  # an owned service not desired is deleted in step 3
     final = dict(p.bgp1)
     for prefix, target in p.targets.items():
         intent = intents[prefix]
-        if _gate(intent, intent.announcing, ips_after, counts_after):
+        if target is not None and _gate(intent, intent.announcing, ips_after, after):
             final[prefix] = frozenset({target})
 
     before = frozenset(observed.announced)
@@ -482,6 +532,8 @@ def _phase(
         return "draining"
     if prefix in announced:
         return "announced" if prefix in final else "withdrawing"
+    if prefix in p.targets and p.targets[prefix] is None:
+        return "serving"  # wanted, and nothing to announce it with (no [bgp])
     return "announcing" if prefix in final else "withdrawn"
 
 

@@ -25,7 +25,7 @@ import concurrent.futures
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -138,6 +138,7 @@ class Controller:
         states: Callable[[], Mapping[str, ServiceState]],
         real_servers_up: Callable[[], Mapping[RealServerKey, bool]],
         clock: Clock,
+        failing: Callable[[], Collection[str]] = frozenset,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
         drain_connections: int = 0,
@@ -150,6 +151,7 @@ class Controller:
         self.bgp_settings = bgp_settings
         self._states = states
         self._rs_up = real_servers_up
+        self._failing = failing  # services whose own checks fail (maintenance or not)
         self.clock = clock
         self.metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311  # backoff jitter only
@@ -160,6 +162,7 @@ class Controller:
         self.last_observed: Observed | None = None
         self.passes = 0
         self._wake = asyncio.Event()
+        self._pokes = 0  # how many pokes so far: a pass knows whether health moved under it
         self._io = asyncio.Lock()  # one actuator call at a time, even across a cancel
         # netlink calls get a thread of their own: the default pool is shared with probes,
         # and a probe stuck in the kernel (a hung NFS stat) must not starve the controller
@@ -179,7 +182,10 @@ class Controller:
     # ---- inputs
 
     def poke(self) -> None:
-        """A health edge, a reload or an operator flag: plan again soon."""
+        """A health edge, a reload or an operator flag: plan again soon. Every health edge
+        must arrive here: a pass in progress re-reads health before it announces anything
+        when a poke came in since it planned."""
+        self._pokes += 1
         self._wake.set()
 
     def reconfigure(self, config: Config) -> None:
@@ -196,7 +202,7 @@ class Controller:
             ipvs_obs = await self._in_thread(self.ipvs.observe)
             owned = self.ipvs.owned()
         if isinstance(self.speaker, NullSpeaker) or self.bgp_settings is None:
-            announced = self._last_routes
+            announced: frozenset[Route] = frozenset()  # no [bgp]: nothing is announced
         elif not self.speaker.ever_synced:
             # Nothing read back yet: an empty RIB-out here means "unknown", and planning on
             # it could take addresses away under routes an external ExaBGP still announces.
@@ -206,15 +212,15 @@ class Controller:
         return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned)
 
     def desired(self) -> Desired:
-        return compute(self.config, self._states(), self._rs_up())
+        return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
 
     # ---- one pass
 
-    async def reconcile(self, *, shutdown: bool = False) -> Plan:
+    async def reconcile(self, *, shutdown: bool = False, fail_closed: bool = False) -> Plan:
         """Observe, plan and execute until the world converges or a step fails."""
         self.busy_since = self.clock.now()
         try:
-            return await self._reconcile(shutdown)
+            return await self._reconcile(shutdown, fail_closed)
         finally:
             self.busy_since = None
 
@@ -236,9 +242,10 @@ class Controller:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _reconcile(self, shutdown: bool) -> Plan:
+    async def _reconcile(self, shutdown: bool, fail_closed: bool) -> Plan:
         result = Plan(self.state, (), None, False, ())
         for _ in range(MAX_PASSES):
+            pokes = self._pokes
             desired = self.desired()
             self._hints = desired.route_hints | self._last_routes
             try:
@@ -248,7 +255,8 @@ class Controller:
                 return result
             result = plan(
                 self.state, desired, observed, self.clock.now(),
-                shutdown=shutdown, drain_connections=self.drain_connections,
+                shutdown=shutdown, fail_closed=fail_closed,
+                drain_connections=self.drain_connections,
             )
             self.state = result.state
             self.last_plan, self.last_observed = result, observed
@@ -261,6 +269,8 @@ class Controller:
             self._held = observed.announced
             try:
                 for i, step in enumerate(result.steps):
+                    if pokes != self._pokes and not self._still_wanted(step):
+                        break  # health moved under this pass: plan again from scratch
                     withdrew = await self._execute(step)
                     if withdrew and self.withdraw_settle > 0 and any(
                         not isinstance(later, BgpStep) for later in result.steps[i + 1:]
@@ -275,6 +285,32 @@ class Controller:
         self._retry_at = self.clock.now() + self._backoff.next(self._rng)
         event(log, "reconcile_not_converged", level=logging.WARNING, passes=MAX_PASSES)
         return result
+
+    def _still_wanted(self, step: Step) -> bool:
+        """Would the health of this instant still announce what ``step`` newly announces?
+
+        A pass plans on the health it read at its start; the steps before an announce take
+        time (netlink, the withdraw settle), and a service may fail meanwhile. So before an
+        announce, health is read again: a route the step adds or changes must be one the
+        current state announces, or the demote of a prefix already held. Withdrawals and
+        kernel steps are always let through (they only make the node safer or serve)."""
+        if not isinstance(step, BgpStep):
+            return True
+        new = step.routes - self._held
+        if not new:
+            return True
+        now = self.desired()
+        held = {r.prefix for r in self._held}
+        for route in new:
+            intent = now.prefix(route.prefix)
+            if route in now.routes:
+                continue
+            if intent is not None and route.prefix in held and route == intent.demote:
+                continue
+            event(log, "announce_deferred", prefix=route.prefix,
+                  detail="health changed during the pass; planning again")
+            return False
+        return True
 
     async def _execute(self, step: Step) -> bool:
         """Run one step; True when it was a BgpStep that withdrew a prefix."""
@@ -381,15 +417,16 @@ class Controller:
             await self.reconcile()
             await self._sleep(self._next_wake())
 
-    async def shutdown(self, limit: float) -> bool:
+    async def shutdown(self, limit: float, *, fail_closed: bool = False) -> bool:
         """Apply every service's shutdown policy in order; True when complete within
-        ``limit`` seconds (drains included)."""
+        ``limit`` seconds (drains included). ``fail_closed`` (after a crash): every prefix
+        is withdrawn at once, whatever its policy (no drain, no keep)."""
         deadline = self.clock.now() + limit
         try:
             # a backstop on the loop's own time: also ends a pass that hangs in a call
             async with asyncio.timeout(limit + 1.0):
                 while self.clock.now() < deadline:
-                    result = await self.reconcile(shutdown=True)
+                    result = await self.reconcile(shutdown=True, fail_closed=fail_closed)
                     if result.shutdown_complete:
                         return True
                     await self._sleep(min(deadline, self._next_wake()))

@@ -34,6 +34,8 @@ from anycastd.testing.ipvs import FakeIpvs
 from anycastd.testing.loopback import FakeLoopback
 
 UP, DOWN = ServiceState.UP, ServiceState.DOWN
+#: a planned take-down: it demotes and drains (a failure, DOWN, withdraws at once)
+MAINTENANCE = ServiceState.MAINTENANCE
 
 HEAD = """
 [global]
@@ -288,11 +290,11 @@ async def test_bring_up_adds_the_address_then_ipvs_then_announces() -> None:
     assert h.announced() == {WEB_PREFIX: ()}
 
 
-async def test_take_down_demotes_waits_drain_time_then_withdraws_then_cleans_up() -> None:
+async def test_planned_take_down_demotes_waits_drain_time_then_withdraws_then_cleans_up() -> None:
     h = Harness(config(web=False, dns=True))
     await converged(h)
 
-    h.states["dns"] = DOWN
+    h.states["dns"] = MAINTENANCE
     h.poke()
     await h.run_until(0.0)
     assert h.announced() == {DNS_PREFIX: (GRACEFUL_SHUTDOWN,)}  # demoted, still announced
@@ -313,12 +315,12 @@ async def test_take_down_demotes_waits_drain_time_then_withdraws_then_cleans_up(
     await h.stop()
 
 
-async def test_ipvs_take_down_withdraws_before_weights_drop_and_address_goes() -> None:
+async def test_planned_ipvs_take_down_withdraws_before_weights_drop_and_address_goes() -> None:
     h = Harness(config())
     await converged(h)
     h.ipvs.set_connections(WEB_VS, "10.1.0.1", 80, active=5)  # a drain that is not quiet
 
-    h.states["web"] = DOWN
+    h.states["web"] = MAINTENANCE
     h.poke()
     await h.run_until(9.999)
     assert h.announced() == {WEB_PREFIX: (GRACEFUL_SHUTDOWN,)}
@@ -337,7 +339,7 @@ async def test_a_service_that_recovers_during_its_drain_is_promoted_without_a_wi
     h = Harness(config(web=False, dns=True))
     await converged(h)
     mark = len(h.journal)
-    h.states["dns"] = DOWN
+    h.states["dns"] = MAINTENANCE
     h.poke()
     await h.run_until(4.0)
     assert h.announced() == {DNS_PREFIX: (GRACEFUL_SHUTDOWN,)}
@@ -615,7 +617,7 @@ async def test_a_restarted_controller_adopts_the_world_without_a_single_write() 
 async def test_ipvs_drain_without_connections_still_holds_the_demote_for_a_while() -> None:
     h = Harness(config())
     await converged(h)
-    h.states["web"] = DOWN
+    h.states["web"] = MAINTENANCE
     h.poke()
     await h.run_until(0.0)
     assert h.announced() == {WEB_PREFIX: (GRACEFUL_SHUTDOWN,)}  # once withdrawn at t=0

@@ -11,12 +11,13 @@ from anycastd.bgp.model import Attributes, Route
 from anycastd.config import Config, loads
 from anycastd.core.desired import Guard, compute, effective_state
 from anycastd.core.health import ServiceState as S
+from tests.unit.test_plan import BGP_HEAD
 
 CHECK = 'checks = [{type = "tcp", host = "127.0.0.1", port = 80}]'
 
 
 def cfg(text: str) -> Config:
-    return loads(text)
+    return loads(BGP_HEAD + text)
 
 
 WEB = f"""
@@ -79,7 +80,8 @@ def test_up_service_announces_up_attributes_with_sorted_communities() -> None:
     assert intent.address == ipaddress.ip_interface("192.0.2.10/32")
     assert intent.state is S.UP
     assert intent.ospf_metric == 10
-    assert intent.guards == (("web", (Guard(VS, 1),)),)
+    healthy = (("10.1.0.1", 80), ("10.1.0.2", 8080))
+    assert intent.guards == (("web", (Guard(VS, 1, healthy),)),)
     assert intent.virtual_services == (VS,)
 
 
@@ -206,7 +208,8 @@ port = 80
     assert [len(s.real_servers) for s in svc.live] == [1, 1]
     v4 = d.prefix("192.0.2.21/32")
     assert v4 is not None
-    assert v4.guards == (("mark", (Guard(VirtualService.mark(7, 4), 1),)),)
+    healthy = (("10.1.0.1", 80), ("fd00::1", 80))
+    assert v4.guards == (("mark", (Guard(VirtualService.mark(7, 4), 1, healthy),)),)
 
 
 SHARED = f"""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from anycastd.actuators.errors import TransientError
@@ -26,8 +26,8 @@ from anycastd.actuators.ipvs import (
 from anycastd.actuators.loopback import AddAddress, RemoveAddress
 from anycastd.bgp import plan as bgp_plan
 from anycastd.bgp.model import Attributes, BgpSettings, Neighbor, Route
-from anycastd.config import Config, loads
-from anycastd.core.desired import RealServerKey, compute
+from anycastd.config import Config, ServiceConfig, loads
+from anycastd.core.desired import RealServerKey, compute, real_server_key
 from anycastd.core.health import ServiceState as S
 from anycastd.core.plan import (
     BgpStep,
@@ -135,32 +135,56 @@ def _by_prefix(routes: frozenset[Route]) -> dict[str, frozenset[Route]]:
     return {k: frozenset(v) for k, v in out.items()}
 
 
-def violations(config: Config, world: World) -> list[str]:
-    """The safety invariant, checked on the world alone (independent of the planner):
-    an announced prefix has its host address on the interface, and at least one owner
-    with enough real servers at weight > 0 (or no such requirement)."""
+def violations(
+    config: Config,
+    world: World,
+    states: Mapping[str, S],
+    rs_up: Mapping[RealServerKey, bool],
+    failing: Collection[str] = (),
+) -> list[str]:
+    """The safety invariant, against health (independent of the planner): an announced
+    prefix has its host address on the interface, and an owner that may attract traffic —
+    its state is not DOWN and its checks do not fail (or it opted into drain_on_failure) —
+    with at least min_healthy real servers that their checks call healthy and that are at
+    weight > 0 in a virtual service on the prefix's VIP (or no such requirement)."""
     problems: list[str] = []
     for prefix in sorted({r.prefix for r in world.announced}):
         net = ipaddress.ip_network(prefix)
         owners = [s for s in config.services.values() if net in s.prefixes]
         if net.prefixlen == net.max_prefixlen and str(net.network_address) not in world.host_ips():
             problems.append(f"{prefix} announced without its address")
-        served = False
-        for s in owners:
-            if s.ipvs is None or s.ipvs.min_healthy == 0:
-                served = True
-                continue
-            if s.ipvs.protocol == "fwmark":
-                assert s.ipvs.fwmark is not None
-                vs = VirtualService.mark(s.ipvs.fwmark, 6 if net.version == 6 else 4)
-            else:
-                assert s.ipvs.port is not None
-                vs = VirtualService(s.ipvs.protocol, str(net.network_address), s.ipvs.port)
-            if world.usable(vs) >= s.ipvs.min_healthy:
-                served = True
-        if owners and not served:
-            problems.append(f"{prefix} announced without min_healthy real servers")
+        if owners and not any(_may_attract(s, net, world, states, rs_up, failing) for s in owners):
+            problems.append(f"{prefix} announced for no healthy owner with enough real servers")
     return problems
+
+
+def _may_attract(  # noqa: PLR0917 -- a predicate over the world, all of it needed
+    s: ServiceConfig,
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    world: World,
+    states: Mapping[str, S],
+    rs_up: Mapping[RealServerKey, bool],
+    failing: Collection[str],
+) -> bool:
+    state = S.DISABLED if s.disabled else states.get(s.name, S.DOWN)
+    if not s.drain_on_failure and (state is S.DOWN or s.name in failing):
+        return False
+    if s.ipvs is None or s.ipvs.min_healthy == 0:
+        return True
+    in_rotation: set[str] = set()
+    for vs, svc in world.ipvs.table.items():
+        if s.ipvs.protocol == "fwmark":
+            on_vip = vs.protocol == "fwmark" and vs.family == net.version
+        else:
+            on_vip = vs.protocol != "fwmark" and vs.address == str(net.network_address)
+        if on_vip:
+            in_rotation.update(a for (a, _), d in svc.dests.items() if d.server.weight > 0)
+    healthy = [
+        rs for rs in s.ipvs.real_servers
+        if rs.weight > 0 and rs_up.get(real_server_key(s, rs), False)
+        and str(rs.address) in in_rotation
+    ]
+    return len(healthy) >= s.ipvs.min_healthy
 
 
 @dataclass
@@ -174,11 +198,17 @@ class Harness:
     state: ControllerState = field(default_factory=ControllerState)
     now: float = 100.0
     shutdown: bool = False
+    fail_closed: bool = False
+    #: services whose own checks fail (their state may still say MAINTENANCE or DRAINING)
+    failing: set[str] = field(default_factory=set)
     last: Plan | None = None
 
     def plan(self) -> Plan:
-        desired = compute(self.config, self.states, self.rs_up)
-        return plan(self.state, desired, self.world.observe(), self.now, shutdown=self.shutdown)
+        desired = compute(self.config, self.states, self.rs_up, failing=self.failing)
+        return plan(
+            self.state, desired, self.world.observe(), self.now,
+            shutdown=self.shutdown, fail_closed=self.fail_closed,
+        )
 
     def tick(self, failure: Failure | None = None) -> Plan:
         """One pass; checks the invariant after every step (a crash may stop anywhere).
@@ -187,7 +217,7 @@ class Harness:
         may stay broken only while the repairing step fails: a pass never adds a violation,
         opens with the withdraw when there is one, and leaves none after a step that worked.
         """
-        before = set(violations(self.config, self.world))
+        before = set(self.violations())
         result = self.plan()
         self.state = result.state
         self.last = result
@@ -196,12 +226,15 @@ class Harness:
         for i, step in enumerate(result.steps):
             fail = failure.cut if failure is not None and failure.step == i else None
             ok = self.world.run(step, fail)
-            after = set(violations(self.config, self.world))
+            after = set(self.violations())
             assert after <= before, (i, step, after)
             assert not ok or not after, (i, step, after)
             if not ok:
                 break
         return result
+
+    def violations(self) -> list[str]:
+        return violations(self.config, self.world, self.states, self.rs_up, self.failing)
 
     def converge(self, max_passes: int = 10) -> Plan:
         for _ in range(max_passes):
@@ -214,8 +247,21 @@ class Harness:
         self.state = ControllerState()
 
 
-def config(text: str) -> Config:
-    return loads(text)
+#: A [bgp] section for the planner's configs: without one nothing is announced.
+BGP_HEAD = """
+[bgp]
+router_id = "192.0.2.1"
+local_as = 65001
+[[bgp.neighbors]]
+address = "127.0.0.2"
+peer_as = 65000
+local_address = "127.0.0.1"
+families = ["ipv4 unicast", "ipv6 unicast"]
+"""
+
+
+def config(text: str, *, bgp: bool = True) -> Config:
+    return loads(BGP_HEAD + text if bgp else text)
 
 
 WEB = f"""
@@ -339,7 +385,7 @@ def test_failing_real_server_goes_to_weight_zero_while_the_service_stays_up() ->
 def test_take_down_demotes_waits_drain_time_then_withdraws_then_ipvs_then_address() -> None:
     h = up_web()
     h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=3)
-    h.states["web"] = S.DOWN
+    h.states["web"] = S.MAINTENANCE  # planned: a failure withdraws at once (test_safety)
     first = h.tick()
     assert first.steps == (BgpStep(frozenset({DEMOTE})),)
     assert first.state.drain_since(PREFIX) is None  # not on the wire yet: no clock
@@ -386,7 +432,7 @@ def test_drain_ends_early_when_active_connections_reach_the_threshold() -> None:
 def test_health_back_during_drain_restores_the_route_without_a_withdraw() -> None:
     h = up_web()
     h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=1)
-    h.states["web"] = S.DOWN
+    h.states["web"] = S.MAINTENANCE
     h.tick()
     h.now = 105.0
     h.states["web"] = S.UP
@@ -403,24 +449,9 @@ def test_down_service_that_was_not_announced_is_not_demoted() -> None:
     assert result.state == ControllerState()
 
 
-def test_too_few_real_servers_keep_their_weights_until_the_withdraw() -> None:
-    text = WEB.replace("min_healthy = 1", "min_healthy = 2")
-    h = web(text=text)
-    h.converge()
-    h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=1)
-    h.rs_up[RS2] = False  # effective DOWN: demote, and the dead server keeps weight 5
-    assert h.tick().steps == (BgpStep(frozenset({DEMOTE})),)
-    assert h.world.usable(VS) == 2
-    h.tick()  # the demote observed: the drain's clock starts at 100
-    h.now = 110.0
-    h.tick()
-    assert h.world.announced == frozenset()
-    assert h.world.usable(VS) == 0
-
-
 def test_failed_withdraw_is_retried_and_nothing_is_removed_meanwhile() -> None:
     h = up_web()
-    h.states["web"] = S.DOWN
+    h.states["web"] = S.MAINTENANCE
     h.tick()
     h.tick()  # the demote observed: the drain's clock starts at 100
     h.now = 111.0
@@ -504,7 +535,7 @@ def test_shutdown_keep_leaves_everything_as_is() -> None:
     h = web(text=WEB.replace('drain_time = "10s"', 'drain_time = "10s"\nshutdown = "keep"'))
     h.converge()
     h.shutdown = True
-    h.states["web"] = S.DOWN  # even a state change does not matter any more
+    h.states["web"] = S.MAINTENANCE  # a planned state change does not matter any more
     writes = h.world.writes
     result = h.tick()
     assert result.steps == ()
@@ -579,22 +610,30 @@ def test_routes_from_rib_rebuilds_unknown_prefixes_per_attribute_set() -> None:
 # --- the safety net behind the order ----------------------------------------------------------
 
 
-def test_backend_swap_cut_short_never_leaves_the_prefix_without_a_server() -> None:
+def test_backend_swap_whose_only_server_in_rotation_died_withdraws_first() -> None:
+    # Health, not weights: the moment RS1 is called dead nothing healthy is in rotation, so
+    # the route goes first (an IPVS repair that fails would otherwise leave it announced);
+    # the swap itself still adds capacity before it takes any away.
     h = web()
     h.rs_up = {RS1: True, RS2: False}
     h.converge()
     h.rs_up = {RS1: False, RS2: True}
-    # the batch stops after its first action: it must be the one that adds capacity
-    result = h.tick(Failure(step=0, cut=1))  # tick asserts the invariant after the step
+    result = h.tick(Failure(step=1, cut=1))  # the IPVS batch stops after its first action
     assert result.steps == (
+        BgpStep(frozenset()),
         IpvsStep(
             (
                 EditRealServer(VS, RealServer("10.1.0.2", 80, 5)),
                 EditRealServer(VS, RealServer("10.1.0.1", 80, 0)),
             )
         ),
+        BgpStep(frozenset({UP_ROUTE})),
     )
+    assert h.world.announced == frozenset()
     assert h.world.usable(VS) == 2
+    h.converge()
+    assert h.world.announced == {UP_ROUTE}
+    assert h.world.usable(VS) == 1
 
 
 def test_broken_prefix_being_taken_down_is_withdrawn_without_a_demote() -> None:
@@ -661,7 +700,7 @@ def test_drain_clock_starts_only_once_the_demote_is_observed() -> None:
     # A demote that cannot go out (relay down) is not drain time the peers had.
     h = up_web()
     h.world.ipvs.set_connections(VS, "10.1.0.1", 80, active=1)
-    h.states["web"] = S.DOWN
+    h.states["web"] = S.MAINTENANCE
     h.tick(Failure(step=0, cut=0))  # the demote fails
     assert h.world.announced == {UP_ROUTE}
     h.now = 120.0  # long past a drain_time counted from the first attempt

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from anycastd.bgp.model import Route
 from anycastd.core.desired import RealServerKey, compute
 from anycastd.core.health import ServiceState as S
-from tests.unit.test_plan import CHECK, Failure, Harness, config, violations
+from tests.unit.test_plan import CHECK, Failure, Harness, config
 
 STATES = [S.UP, S.DOWN, S.DRAINING, S.MAINTENANCE, S.DISABLED]
 SHARED_PREFIX = "192.0.2.200/32"
@@ -193,7 +193,7 @@ def test_tampering_is_made_safe_before_anything_else(
     h = harness(shapes)
     run_events(h, shapes, evs)  # the invariant is asserted after every step inside
     settle(h)
-    assert violations(h.config, h.world) == []
+    assert h.violations() == []
 
 
 @COMMON
@@ -211,7 +211,7 @@ def test_invariant_holds_and_the_world_converges_to_desired(
     }
     owned_ips = {str(a.ip) for a in h.world.lo.addresses if a.owned}
     assert owned_ips == wanted_ips
-    assert violations(h.config, h.world) == []
+    assert h.violations() == []
     # steady state: nothing to do, no writes, no updates; a restart adopts without a flap
     writes, changes = h.world.writes, h.world.bgp_changes
     assert h.tick().steps == ()
