@@ -179,7 +179,11 @@ class Plan:
 
 
 def _present_ips(observed: LoopbackObserved) -> frozenset[IPAddress]:
-    # Owned or foreign: an operator's address with the same IP serves the prefix too.
+    # Owned or foreign: an operator's address with the same IP serves the prefix too. On an
+    # interface that is down nothing is served (IPv6 addresses go, IPv4 ones stay listed
+    # but the kernel's local routes may not deliver): every address counts as absent.
+    if not observed.up:
+        return frozenset()
     return frozenset(a.ip for a in observed.addresses)
 
 
@@ -486,7 +490,7 @@ def plan(
         first = isinstance(a, lo_actuator.AddAddress) or a.address.ip in add_ips
         (lo_first if first else lo_last).append(a)
 
-    ips_after = ips | {a.ip for a in want_addresses}
+    ips_after = ips | {a.ip for a in want_addresses} if observed.loopback.up else ips
     final = dict(p.bgp1)
     for prefix, target in p.targets.items():
         intent = intents[prefix]

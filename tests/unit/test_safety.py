@@ -214,6 +214,22 @@ def test_without_bgp_the_address_is_managed_and_no_route_is_planned() -> None:
     assert "192.0.2.53" not in h.world.host_ips()
 
 
+# --- 11. an interface that is down serves nothing -------------------------------------------
+
+
+def test_a_prefix_is_withdrawn_while_its_interface_is_down_and_back_once_it_is_up() -> None:
+    h = up_web()
+    h.world.lo.link_up = False  # `ip link set lo down`
+    result = h.tick()
+    assert result.steps[0] == BgpStep(frozenset())
+    assert h.world.announced == frozenset()
+    h.converge()
+    assert h.world.announced == frozenset()  # the address is there, the link is not
+    h.world.lo.link_up = True
+    h.converge()
+    assert h.world.announced == {UP_ROUTE}
+
+
 # --- shutdown after a crash: fail closed -------------------------------------------------------
 
 
