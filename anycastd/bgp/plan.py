@@ -52,6 +52,11 @@ class ResolvedAttributes:
 RibKey = tuple[str, str]  # (neighbor address or "*", prefix)
 Rib = dict[RibKey, ResolvedAttributes]
 
+#: ``as_path_prepend`` of a route read back with a path anycastd would not send, or with
+#: attributes that did not parse: unequal to every resolved wish (0..32), so the difference
+#: is always acted on (withdrawn when unwanted, re-announced when wanted).
+NOT_OURS = -1
+
 
 @dataclass(frozen=True)
 class Command:
@@ -306,14 +311,21 @@ def _bracketed(value: str) -> list[str]:
 
 
 def parse_adj_rib_out(
-    lines: Iterable[str], local_as: int, *, all_neighbors: bool = False
+    lines: Iterable[str],
+    local_as: int,
+    *,
+    all_neighbors: bool = False,
+    problems: list[str] | None = None,
 ) -> Rib:
-    """Parse ``show adj-rib out extensive`` lines (ExaBGP 5) into a RIB.
+    """Parse ``show adj-rib out extensive`` lines (ExaBGP 5) into a RIB. Never raises.
 
     A line reads ``neighbor A local-ip L ... ipv4 unicast P next-hop N med M community [ .. ]
     large-community X as-path ( .. )``. A next-hop equal to the local-ip reads as "self".
     With ``all_neighbors`` every entry is keyed under ``"*"`` (routes sent without selector).
-    Lines that do not parse are skipped.
+    Lines without a neighbor, prefix and next-hop are skipped. A route whose attributes do
+    not parse (a MED that is not a number) is kept with ``as_path_prepend`` :data:`NOT_OURS`:
+    it is there, so it must be withdrawn or re-announced, and its attributes equal no wish.
+    Such lines are appended to ``problems`` when given.
     """
     rib: Rib = {}
     for line in lines:
@@ -348,18 +360,34 @@ def parse_adj_rib_out(
                 communities.append(c)
         large = _bracketed(fields.get("large-community", ""))
         path = _bracketed(fields.get("as-path", ""))
-        prepend = max(len(path) - 1, 0) if all(a == str(local_as) for a in path) else -1
-        rib[(ALL_NEIGHBORS if all_neighbors else neighbor, prefix)] = ResolvedAttributes(
+        prepend = max(len(path) - 1, 0) if all(a == str(local_as) for a in path) else NOT_OURS
+        key = (ALL_NEIGHBORS if all_neighbors else neighbor, prefix)
+        try:
+            med = _optional_int(fields.get("med"))
+            local_preference = _optional_int(fields.get("local-preference"))
+        except ValueError:
+            if problems is not None:
+                problems.append(line)
+            rib[key] = ResolvedAttributes(next_hop=next_hop, as_path_prepend=NOT_OURS)
+            continue
+        rib[key] = ResolvedAttributes(
             next_hop=next_hop,
-            med=int(fields["med"]) if "med" in fields else None,
-            local_preference=(
-                int(fields["local-preference"]) if "local-preference" in fields else None
-            ),
+            med=med,
+            local_preference=local_preference,
             communities=tuple(sorted(set(communities), key=_safe_sort_key)),
             large_communities=tuple(sorted(set(large), key=_safe_sort_key)),
             as_path_prepend=prepend,
         )
     return rib
+
+
+def _optional_int(text: str | None) -> int | None:
+    # isdigit, not int(): int() also takes "+7", " 7", "7_0" and non-ASCII digits
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
 
 
 def _safe_sort_key(value: str) -> tuple[int, ...]:

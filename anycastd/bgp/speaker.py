@@ -7,8 +7,16 @@ PR_SET_PDEATHSIG). External mode only serves the socket: same code path otherwis
 
 State kept: ``desired`` (what the controller asked for) and ``sent`` (what ExaBGP
 acknowledged, or reported in ``show adj-rib out`` after a reconnect). ``set_routes`` sends
-only the difference; a steady state sends nothing. After every relay (re)connect and every
-session "up" event the speaker reads the adj-rib-out back and repairs the difference.
+only the difference; a steady state sends nothing.
+
+Rule (issue 8, "the routing state never lies"): announcements come only from a controller
+pass (``set_routes``). ``desired`` may be stale (the service behind it went down while the
+relay was away), so on its own -- after a relay (re)connect, a session "up", a settings
+reload -- the speaker reads the adj-rib-out back, may only WITHDRAW what ``sent`` holds and
+``desired`` does not, and then wakes the controller (``on_resync``), whose next pass has
+just observed the addresses and backends and announces what is right. An unexpected error
+in a background loop is logged CRITICAL and reported (``on_fatal``) while the relay socket
+keeps being served, so the daemon can still withdraw through it (fail closed).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,6 +67,10 @@ class PeerState:
 
 
 PeerCallback = Callable[[PeerState], None]
+#: Called after every read-back the speaker did on its own (``sent`` may have changed).
+ResyncCallback = Callable[[], None]
+#: Called with an unexpected exception of a background loop (the loop carries on).
+FatalCallback = Callable[[BaseException], None]
 
 
 class Speaker(Protocol):
@@ -71,7 +83,8 @@ class Speaker(Protocol):
         connect) and PermanentError when ExaBGP rejected a command."""
 
     async def resync(self) -> None:
-        """Read the announced routes back from the speaker and repair any difference."""
+        """Read the announced routes back and withdraw those not desired; never announce.
+        Then report (``on_resync``): the controller's pass decides what to announce."""
 
     async def update_settings(self, settings: BgpSettings) -> None:
         """Apply a reloaded ``[bgp]`` section; unchanged sessions stay up.
@@ -169,6 +182,8 @@ class ExabgpSpeaker:
         env: Mapping[str, str] | None = None,
         socket_mode: int = 0o600,
         exabgp_log_level: str = "WARNING",
+        on_resync: ResyncCallback | None = None,
+        on_fatal: FatalCallback | None = None,
     ) -> None:
         self.settings = settings
         self.runtime_dir = Path(runtime_dir)
@@ -177,6 +192,8 @@ class ExabgpSpeaker:
         self.relay_argv = list(relay_argv) if relay_argv else default_relay_argv()
         self.command_timeout = command_timeout
         self.on_peer_change = on_peer_change
+        self.on_resync = on_resync
+        self.on_fatal = on_fatal
         self.restart_backoff = restart_backoff
         # who may connect as the relay: ExaBGP's user (external mode: maybe not ours)
         self.socket_mode = socket_mode
@@ -254,9 +271,19 @@ class ExabgpSpeaker:
             await self._push()
 
     async def resync(self) -> None:
-        async with self._write_lock:
-            await self._read_back()
-            await self._push()
+        """Read ``sent`` back from ExaBGP, withdraw what is not desired, call ``on_resync``.
+
+        Never announces and never changes attributes: ``desired`` is the last wish of the
+        controller and may be stale. ``on_resync`` is called whether or not the read-back or
+        the withdraw succeeded (``sent`` or ``synced`` may have changed either way); a
+        failure is raised after it."""
+        try:
+            async with self._write_lock:
+                await self._read_back()
+                await self._push(withdraw_only=True)
+        finally:
+            if self.on_resync is not None:
+                self.on_resync()
 
     async def validate(self, settings: BgpSettings | None = None) -> None:
         """Managed mode: write ExaBGP's config for ``settings`` (default: the current ones)
@@ -303,9 +330,10 @@ class ExabgpSpeaker:
 
         Managed mode: the new ExaBGP config is validated first (PermanentError: the old one
         keeps running), then ExaBGP reloads it (SIGUSR1: new neighbors connect, removed ones
-        close, unchanged ones stay up); the adj-rib-out is then read back and repaired, so
-        every neighbor carries the routes meant for it. A change of mode or executable needs
-        a new speaker (PermanentError)."""
+        close, unchanged ones stay up); the adj-rib-out is then read back, what is not desired
+        withdrawn, and the controller woken (``on_resync``): its next ``set_routes`` gives new
+        neighbors their routes. A change of mode or executable needs a new speaker
+        (PermanentError)."""
         if settings == self.settings:
             return
         if (settings.mode, settings.exabgp) != (self.settings.mode, self.settings.exabgp):
@@ -352,7 +380,7 @@ class ExabgpSpeaker:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._resync_loop())
                 if self.settings.mode == "managed":
-                    tg.create_task(self._supervise())
+                    tg.create_task(self._guarded("supervise", self._supervise))
         finally:
             server.close()
             if self._conn is not None:
@@ -394,6 +422,8 @@ class ExabgpSpeaker:
         self._resync_wanted.set()
         try:
             await conn.run()
+        except Exception as exc:  # a bug in an event handler: report, go on
+            self._fatal("connection", exc)
         finally:
             if self._conn is conn:
                 self._conn = None
@@ -437,14 +467,42 @@ class ExabgpSpeaker:
                 await self.resync()
             except ActuatorError as exc:
                 log.warning("bgp_resync_failed", extra={"error": str(exc)})
+            except Exception as exc:  # a bug: report it and keep serving
+                # the loop waits for the next (re)connect or session event, so a bug that
+                # repeats is reported once per event, never in a busy loop
+                self._fatal("resync", exc)
+
+    async def _guarded(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop; an unexpected error is reported, and the loop's end must
+        not take the relay socket down with the TaskGroup (the daemon still withdraws
+        through it)."""
+        try:
+            await body()
+        except Exception as exc:  # see the docstring
+            self._fatal(name, exc)
+        await asyncio.Event().wait()  # until cancelled: the other loops and the socket go on
+
+    def _fatal(self, task: str, exc: Exception) -> None:
+        log.critical("speaker_task_failed", exc_info=exc, extra={"task": task})
+        if self.on_fatal is not None:
+            try:
+                self.on_fatal(exc)
+            except Exception:  # the report must not become a second failure
+                log.critical("speaker_on_fatal_failed", exc_info=True)
 
     # -- the writer -------------------------------------------------------------------------
     async def _read_back(self) -> None:
         conn = self._require_conn()
         lines = await conn.command("show adj-rib out extensive")
+        problems: list[str] = []
         observed = planner.parse_adj_rib_out(
-            lines, self.settings.local_as, all_neighbors=not self.settings.neighbors
+            lines, self.settings.local_as, all_neighbors=not self.settings.neighbors,
+            problems=problems,
         )
+        if problems:
+            # kept as routes with attributes that equal no wish: withdrawn or re-announced
+            log.warning("bgp_read_back_malformed",
+                        extra={"count": len(problems), "line": problems[0][:300]})
         if self.settings.neighbors:
             # routes of neighbors anycastd does not speak to are not its business (external
             # mode: the operator's other peers; managed: a neighbor a reload just removed)
@@ -477,10 +535,16 @@ class ExabgpSpeaker:
         except OSError as exc:
             log.warning("bgp_owned_record_failed", extra={"error": str(exc)})
 
-    async def _push(self) -> None:
+    async def _push(self, *, withdraw_only: bool = False) -> None:
         if not self._desired_known:
             return
-        commands = planner.plan(self._desired, self._sent, self.settings.local_as)
+        # Withdraw-only: the same plan over the entries of ``desired`` that ``sent`` already
+        # holds (as they are held), so only the withdraws of ``sent - desired`` remain.
+        desired = (
+            {k: v for k, v in self._sent.items() if k in self._desired}
+            if withdraw_only else self._desired
+        )
+        commands = planner.plan(desired, self._sent, self.settings.local_as)
         if not commands:
             return
         conn = self._require_conn()
