@@ -10,6 +10,11 @@ Stop (SIGTERM/SIGINT): the controller applies each service's shutdown policy in 
 order (demote, drain, withdraw, IPVS, addresses), then the speaker stops (a managed ExaBGP
 ends with it), then the process exits 0.
 
+Flag files (maintenance_file, drain_file, global.maintenance_file) are never stat()ed on
+the loop: a stat on a hung mount would freeze it, stop the watchdog pings and let systemd
+restart anycastd with its ExaBGP. One worker thread at a time reads them; the loop (and an
+API flag change) uses the last values read.
+
 Reload (SIGHUP): the new config is validated first; an invalid one is logged with every
 problem and the old one keeps running. A valid one replaces the scheduler; services whose
 config is unchanged keep their health value exactly (counters, damping), changed services
@@ -22,16 +27,18 @@ a rename is not a withdraw.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from anycastd.actuators import sysctl
 from anycastd.actuators.errors import ActuatorError
@@ -66,6 +73,7 @@ from anycastd.observe.status import PeerTracker, build_status
 from anycastd.observe.systemd import Notifier
 
 log = logging.getLogger("anycastd")
+_T = TypeVar("_T")
 
 #: [global] keys read once at start: a reload that changes them says so.
 RESTART_ONLY = ("state_dir", "runtime_dir", "log_format", "log_level",
@@ -73,6 +81,9 @@ RESTART_ONLY = ("state_dir", "runtime_dir", "log_format", "log_level",
 
 #: How often maintenance/drain flag files are looked at. A stat() per file: cheap.
 FLAG_POLL_INTERVAL = 1.0
+#: A flag-file read that has not returned after this long is stuck (a hung NFS mount): it
+#: is logged and the previous flag values stand until a read completes again.
+FLAG_READ_TIMEOUT = 2.0
 
 
 def service_params(svc: ServiceConfig) -> ServiceParams:
@@ -217,6 +228,7 @@ class Daemon:
         observers: Sequence[Callable[[Sequence[Event]], None]] = (),
         metrics: Metrics | None = None,
         world_factory: WorldFactory = build_world,
+        flag_exists: Callable[[Path], bool] = Path.exists,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -242,6 +254,13 @@ class Daemon:
         self.shutdown_complete: bool | None = None
         self.sysctl_drift: list[sysctl.SysctlDrift] = []
         self._node_maint = False
+        # Flag files are read off the loop (a stat on a hung mount blocks the thread that
+        # makes it): ``_file_flags`` holds the last values read, ``_flag_read`` the read in
+        # its worker thread, if one is still running (then no second one is started).
+        self._flag_exists = flag_exists
+        self._file_flags: dict[Path, bool] = {}
+        self._flag_read: asyncio.Future[dict[Path, bool | OSError]] | None = None
+        self._flags_known = False  # a first read has completed
 
     @property
     def scheduler(self) -> Scheduler:
@@ -303,7 +322,8 @@ class Daemon:
             or not isinstance(world.speaker, ExabgpSpeaker)
             or world.speaker.synced
         )
-        return speaker_ready and settled(self.scheduler.services) and settled(self._rs_health())
+        return (speaker_ready and self._flags_known and settled(self.scheduler.services)
+                and settled(self._rs_health()))
 
     # ---- status API callbacks
 
@@ -646,20 +666,58 @@ class Daemon:
 
     async def _watch_flags(self) -> None:
         while True:
+            await self._read_flag_files()
             self._sync_flags()
             await asyncio.sleep(FLAG_POLL_INTERVAL)
 
+    def _flag_paths(self) -> list[Path]:
+        paths = [self.config.global_.maintenance_file]
+        for svc in self.config.services.values():
+            paths += [svc.maintenance_file, svc.drain_file]
+        return sorted({p for p in paths if p is not None})
+
+    async def _read_flag_files(self) -> None:
+        """Stat every flag file in a worker thread and remember the answers. While an
+        earlier read is still stuck no other one starts (a hung mount would otherwise
+        pile up a thread a second); the previous values stand meanwhile."""
+        if self._flag_read is not None and not self._flag_read.done():
+            return  # still stuck: logged when it timed out
+        paths, exists = self._flag_paths(), self._flag_exists
+
+        def read() -> dict[Path, bool | OSError]:
+            out: dict[Path, bool | OSError] = {}
+            for path in paths:
+                try:
+                    out[path] = exists(path)
+                except OSError as exc:
+                    out[path] = exc
+            return out
+
+        self._flag_read = read_in_thread(read, "anycastd-flags")
+        try:
+            async with asyncio.timeout(FLAG_READ_TIMEOUT):
+                result = await asyncio.shield(self._flag_read)
+        except TimeoutError:
+            event(log, "flag_files_stuck", level=logging.WARNING, timeout=FLAG_READ_TIMEOUT,
+                  paths=[str(p) for p in paths],
+                  detail="a flag file stat() has not returned (a hung mount?); keeping the "
+                  "previous maintenance/drain values until it does")
+            return
+        for path, value in result.items():
+            if isinstance(value, OSError):
+                # EACCES, EIO, a stale mount: the previous value stands
+                event(log, "flag_file_unreadable", level=logging.WARNING, path=str(path),
+                      error=str(value), keeping=self._file_flags.get(path))
+            else:
+                self._file_flags[path] = value
+        self._flags_known = True
+
     def _flag_file(self, path: Path | None, previous: bool) -> bool:
-        """Whether a flag file exists. When that cannot be told (EACCES, EIO, a stale
-        mount), the previous value stands and the problem is logged."""
+        """Whether a flag file exists, as last read (never a stat on the loop); a file not
+        read yet (or never readable) keeps ``previous``."""
         if path is None:
             return False
-        try:
-            return path.exists()
-        except OSError as exc:
-            event(log, "flag_file_unreadable", level=logging.WARNING, path=str(path),
-                  error=str(exc), keeping=previous)
-            return previous
+        return self._file_flags.get(path, previous)
 
     def _sync_flags(self) -> None:
         """Maintenance and drain: per-service files, API flags, the node maintenance file."""
@@ -694,6 +752,34 @@ class Daemon:
                 event(log, "watchdog_withheld", level=logging.ERROR,
                       detail="a reconcile pass is stuck; letting systemd restart anycastd")
             await asyncio.sleep(interval)
+
+
+def read_in_thread(fn: Callable[[], _T], name: str) -> asyncio.Future[_T]:
+    """``fn()`` in a new daemon thread; its result (or exception) on the returned future.
+
+    Not an executor: a pool's threads are joined at interpreter exit, so a call hung in the
+    kernel (a stat on a dead NFS mount) would keep anycastd from ever exiting."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[_T] = loop.create_future()
+
+    def deliver(value: _T | None, exc: BaseException | None) -> None:
+        if fut.done():  # nobody waits any more (cancelled)
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)  # type: ignore[arg-type]  # None only with exc set
+
+    def work() -> None:
+        try:
+            value, exc = fn(), None
+        except BaseException as e:  # handed to the loop, which re-raises it
+            value, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+            loop.call_soon_threadsafe(deliver, value, exc)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return fut
 
 
 async def run_daemon(

@@ -120,6 +120,11 @@ class Node:
     def flag(self, name: str) -> Path:
         return self.tmp / name
 
+    def start(self) -> Daemon:
+        """The daemon on this node's config file and world (a subclass may inject more)."""
+        return Daemon(load_config(self.path), self.path, notifier=Notifier(""),
+                      metrics=Metrics(), world_factory=self.world)
+
 
 def fast(tmp: Path, name: str, prefix: str, shutdown: str = "drain-then-withdraw") -> str:
     return FAST.format(tmp=tmp, name=name, prefix=prefix, shutdown=shutdown)
@@ -137,8 +142,7 @@ async def wait_for(pred: Callable[[], bool], within: float = 3.0) -> None:
 async def running(node: Node) -> AsyncIterator[asyncio.Task[int]]:
     """Write the config, run the daemon; on exit, stop it and check it exited 0."""
     node.path.write_text(node.text)
-    node.daemon = Daemon(load_config(node.path), node.path, notifier=Notifier(""),
-                         metrics=Metrics(), world_factory=node.world)
+    node.daemon = node.start()
     task = asyncio.create_task(node.daemon.run())
     try:
         await wait_for(lambda: node.daemon is not None and node.daemon.controller is not None

@@ -4,19 +4,26 @@ flag file does not freeze the loop, and no BGP means nothing is reported announc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from anycastd.bgp.speaker import PeerState
-from anycastd.config import Config
+from anycastd.config import Config, load_config
 from anycastd.core.health import ServiceState
 from anycastd.engine.controller import NullSpeaker
+from anycastd.engine.daemon import Daemon
 from anycastd.engine.world import World
+from anycastd.observe.metrics import Metrics
 from anycastd.observe.status import render_text
+from anycastd.observe.systemd import Notifier
 from tests.unit.test_daemon import HEAD, Node, fast, running, wait_for
 
 A = "192.0.2.1/32"
@@ -168,3 +175,61 @@ class NoBgpNode(Node):
     def world(self, config: Config, on_peer: Callable[[PeerState], None]) -> World:
         assert config.bgp is None
         return World(self.lo, self.ipvs, NullSpeaker(), None, dry_run=self.dry_run)
+
+
+# --------------------------------------------------------------------------- hung flag stat
+
+
+class BlockingStat:
+    """A flag-file stat that hangs (a dead NFS mount) while ``stuck`` is clear."""
+
+    def __init__(self) -> None:
+        self.stuck = threading.Event()
+        self.stuck.set()  # not stuck yet
+        self.calls = 0
+
+    def __call__(self, path: Path) -> bool:
+        self.calls += 1
+        self.stuck.wait(30.0)
+        return path.exists()
+
+
+async def test_a_hung_flag_file_stat_does_not_freeze_the_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stat = BlockingStat()
+    node = StatNode(tmp_path, HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A), stat=stat)
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        stat.stuck.clear()
+        calls = stat.calls
+        await wait_for(lambda: stat.calls > calls)  # a read is now hanging in its thread
+        node.flag("maintenance-a").touch()
+
+        # the loop keeps its time: a 50 ms sleep is not held up by the hung stat
+        for _ in range(20):
+            started = time.monotonic()
+            await asyncio.sleep(0.05)
+            assert time.monotonic() - started < 0.5
+            assert node.daemon.status()["services"]["a"]["state"] == "up"
+        # the API's flag path reads no file either
+        assert node.daemon.set_flag("a", "draining", True) is True
+        assert node.state("a") is ServiceState.DRAINING
+        node.daemon.set_flag("a", "draining", False)
+        await wait_for(lambda: bool(_messages(caplog, 0, "flag_files_stuck")), within=5.0)
+        assert stat.calls == calls + 1  # one stuck read, no pile of threads behind it
+        assert node.state("a") is ServiceState.UP  # the previous value stands
+
+        stat.stuck.set()  # the mount answers again: the flag follows the file
+        await wait_for(lambda: node.state("a") is ServiceState.MAINTENANCE)
+
+
+@dataclass
+class StatNode(Node):
+    stat: Callable[[Path], bool] = Path.exists
+
+    def start(self) -> Daemon:
+        return Daemon(load_config(self.path), self.path, notifier=Notifier(""),
+                      metrics=Metrics(), world_factory=self.world, flag_exists=self.stat)
