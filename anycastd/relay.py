@@ -12,6 +12,17 @@ Rules, each from a measured ExaBGP behaviour (docs: PLATFORM.md):
 - Never exit while ExaBGP lives. Every helper death burns ExaBGP's respawn budget (the 6th
   death within 64 s makes ExaBGP exit). A lost socket means: reconnect with backoff.
 - Die with ExaBGP: stdin EOF ends the process, and PR_SET_PDEATHSIG covers the rest.
+- Never hand an answer to the wrong connection. ExaBGP answers each command ``done`` or
+  ``error`` with no id, answers some commands ahead of queued ones, and keeps answering
+  commands of a dead connection (or of a dead relay: its queue is per process name). So a
+  new anycastd connection gets nothing but events until the stream is provably in step:
+  when answers may be owed to someone else (this relay just started, or a connection
+  ended with answers owed, or an answer came that nobody was owed), the relay first sends
+  a *barrier*, ``show neighbor summary`` -- a queued command like the route commands, so
+  every earlier command is answered before it, with an answer anycastd never asks for
+  (its header line) -- and drops everything but events until that answer is complete.
+  Barrier answers are recognised by their header and always dropped, also late ones.
+  Commands are held (not dropped) meanwhile; anycastd's own timeout bounds the wait.
 
 Stdlib only, no anycastd imports: it starts fast and cannot fail on a broken install.
 """
@@ -29,10 +40,16 @@ import struct
 import sys
 import threading
 import time
+import typing
 
 _PR_SET_PDEATHSIG = 1
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 2.0
+#: The barrier command and the start of the first line of its answer (ExaBGP 4.2 and 5:
+#: ``Peer            AS        up/down state       |     #sent     #recvd``).
+BARRIER = b"show neighbor summary\n"
+_BARRIER_HEADER = b"Peer "
+_ANSWERS = (b"done", b"error")
 
 
 def _set_pdeathsig(sig: int) -> None:
@@ -51,6 +68,18 @@ class Relay:
         self._conn: socket.socket | None = None
         # peer address -> last "state" event line; replayed on connect
         self._states: dict[str, bytes] = {}
+        # Pairing (all under _lock): answers owed to _owner's commands; barriers sent and not
+        # yet answered; whether a barrier is needed before the next command; whether the
+        # lines now arriving belong to a barrier answer.
+        self._in_step = threading.Condition(self._lock)
+        self._owed = 0
+        self._owner: socket.socket | None = None
+        self._barriers = 0
+        self._need_barrier = True  # a respawned relay inherits its predecessor's queue
+        self._in_barrier_answer = False
+        # stdout is written by the socket thread only; this lock orders the writes (never
+        # held together with _lock: a write may block until ExaBGP reads)
+        self._out = threading.Lock()
 
     # -- ExaBGP -> anycastd -------------------------------------------------------------
     def pump_stdin(self) -> None:
@@ -64,6 +93,8 @@ class Relay:
                 line += b"\n"
             self._remember_state(line)
             with self._lock:
+                if not line.startswith(b"{") and not self._answer_is_ours(line):
+                    continue
                 conn = self._conn
                 if conn is None:
                     continue
@@ -71,6 +102,30 @@ class Relay:
                     conn.sendall(line)
                 except OSError:
                     self._drop(conn)
+
+    def _answer_is_ours(self, line: bytes) -> bool:
+        """Account for one non-event line; True if it belongs to the current connection.
+        Caller holds the lock."""
+        word = line.strip()
+        if self._in_barrier_answer:
+            if word in _ANSWERS:
+                self._in_barrier_answer = False
+                self._barriers = max(self._barriers - 1, 0)
+                self._in_step.notify_all()
+            return False
+        if line.startswith(_BARRIER_HEADER):
+            self._in_barrier_answer = True  # ours, or a predecessor's late one: dropped
+            return False
+        if self._barriers:
+            return False  # owed to someone before the barrier
+        if word in _ANSWERS:
+            self._owed -= 1
+            if self._owed < 0:
+                # an answer nobody is owed: the stream is out of step
+                self._owed = 0
+                self._need_barrier = True
+                return False
+        return self._owner is not None and self._owner is self._conn
 
     def _remember_state(self, line: bytes) -> None:
         if not line.startswith(b"{") or b'"state"' not in line:
@@ -88,6 +143,10 @@ class Relay:
         # caller holds the lock
         if self._conn is conn:
             self._conn = None
+            if self._owed:
+                # answers still owed to it would be taken by the next connection
+                self._need_barrier = True
+            self._in_step.notify_all()
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
@@ -122,8 +181,9 @@ class Relay:
             reader = conn.makefile("rb")
             try:
                 for line in reader:
-                    stdout.write(line if line.endswith(b"\n") else line + b"\n")
-                    stdout.flush()
+                    if not self._may_send(conn):
+                        break
+                    self._write(stdout, line if line.endswith(b"\n") else line + b"\n")
             except OSError:
                 pass
             finally:
@@ -132,6 +192,49 @@ class Relay:
                 with contextlib.suppress(OSError):
                     reader.close()
             time.sleep(_BACKOFF_MIN)
+
+
+    def _may_send(self, conn: socket.socket) -> bool:
+        """Wait until a command of ``conn`` can be paired with its answer; then count it.
+        False if ``conn`` is gone meanwhile (the command is dropped, never sent late)."""
+        stdout = sys.stdout.buffer
+        with self._lock:
+            while True:
+                if self._conn is not conn:
+                    return False
+                if self._need_barrier:
+                    self._need_barrier = False
+                    self._barriers += 1
+                    # the barrier answers for everything sent before it
+                    self._owed = 0
+                    self._lock.release()
+                    try:
+                        self._write(stdout, BARRIER)
+                    finally:
+                        self._lock.acquire()
+                    continue
+                if not self._barriers:
+                    self._owed += 1
+                    self._owner = conn
+                    return True
+                # anycastd may give up meanwhile: its command must then not be sent late
+                if not self._in_step.wait(0.1) and _closed_by_peer(conn):
+                    self._drop(conn)
+                    return False
+
+    def _write(self, stdout: typing.BinaryIO, line: bytes) -> None:
+        with self._out:
+            stdout.write(line)
+            stdout.flush()
+
+
+def _closed_by_peer(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _serve_or_die(relay: Relay) -> None:

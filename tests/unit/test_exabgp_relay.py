@@ -9,7 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+from anycastd.relay import BARRIER
+
 RELAY = [sys.executable, "-m", "anycastd.relay"]
+#: the answer to BARRIER (ExaBGP 5.0.15, one neighbor)
+SUMMARY = (b"Peer            AS        up/down state       |     #sent     #recvd\n"
+           b"10.0.0.1        65000        0:01:00 established    1    1\n")
 
 
 def state(peer: str, st: str) -> bytes:
@@ -47,8 +52,13 @@ def test_relay_drains_stdin_while_anycastd_is_away_and_replays_session_state(
         lines = read_lines(conn, 2)
         assert lines[0].startswith(b"relay hello ")
         assert json.loads(lines[1])["neighbor"]["state"] == "up"
-        # commands go to stdout (ExaBGP), events come back
+        # commands go to stdout (ExaBGP), events come back; a new relay first makes sure
+        # no answer is still owed to its predecessor (a barrier, its answer never forwarded)
         conn.sendall(b"announce route 192.0.2.1/32 next-hop self\n")
+        assert relay.stdout.readline() == BARRIER
+        relay.stdin.write(b"done\n")  # a predecessor's late answer: dropped
+        relay.stdin.write(SUMMARY + b"done\n")
+        relay.stdin.flush()
         assert relay.stdout.readline() == b"announce route 192.0.2.1/32 next-hop self\n"
         relay.stdin.write(b"done\n")
         relay.stdin.flush()
@@ -66,3 +76,42 @@ def test_relay_drains_stdin_while_anycastd_is_away_and_replays_session_state(
         if relay.poll() is None:
             relay.kill()
             relay.wait()
+
+
+def test_relay_keeps_answers_owed_to_a_closed_connection_from_the_next_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    server.settimeout(10)
+    relay = subprocess.Popen([*RELAY, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert relay.stdin is not None
+        assert relay.stdout is not None
+        conn, _ = server.accept()
+        read_lines(conn, 1)  # hello
+        conn.sendall(b"show adj-rib out extensive\n")
+        assert relay.stdout.readline() == BARRIER
+        relay.stdin.write(SUMMARY + b"done\n")
+        relay.stdin.flush()
+        assert relay.stdout.readline() == b"show adj-rib out extensive\n"
+        conn.close()  # anycastd gave up on the answer
+        conn, _ = server.accept()
+        read_lines(conn, 1)  # hello
+        conn.sendall(b"show adj-rib out extensive\n")
+        # held behind a barrier: the late answer to the first command comes first
+        assert relay.stdout.readline() == BARRIER
+        relay.stdin.write(b"neighbor 10.0.0.1 ... 192.0.2.1/32 next-hop self\ndone\n")
+        relay.stdin.write(SUMMARY + b"done\n")
+        relay.stdin.flush()
+        assert relay.stdout.readline() == b"show adj-rib out extensive\n"
+        relay.stdin.write(b"neighbor 10.0.0.1 ... 192.0.2.2/32 next-hop self\ndone\n")
+        relay.stdin.flush()
+        assert read_lines(conn, 2) == [b"neighbor 10.0.0.1 ... 192.0.2.2/32 next-hop self",
+                                       b"done"]
+    finally:
+        relay.kill()
+        relay.wait()
+        server.close()
