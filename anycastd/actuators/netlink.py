@@ -138,10 +138,13 @@ def map_netlink_errors(actuator: str, context: str = "") -> Iterator[None]:
         raise error_for(actuator, code, context) from exc
 
 
-def open_rtnetlink(actuator: str, netns: str | None, *, groups: int = 0) -> socket.socket:
+def open_rtnetlink(
+    actuator: str, netns: str | None, *, groups: int = 0, rcvbuf: int = RCVBUF
+) -> socket.socket:
     """A bound NETLINK_ROUTE socket in ``netns`` (``ip netns`` name or a path; None: ours).
 
-    ``groups`` is the RTMGRP_* multicast mask to subscribe to (0: requests only). The socket
+    ``groups`` is the RTMGRP_* multicast mask to subscribe to (0: requests only); ``rcvbuf``
+    the receive buffer in bytes (the kernel doubles it). The socket
     is blocking with ``SOCKET_TIMEOUT``. A missing namespace raises PermanentError and is
     never created; every other failure is mapped like any netlink error.
     """
@@ -163,9 +166,9 @@ def open_rtnetlink(actuator: str, netns: str | None, *, groups: int = 0) -> sock
             )
         try:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
             sock.bind((0, groups))
             sock.settimeout(SOCKET_TIMEOUT)
