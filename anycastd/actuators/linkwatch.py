@@ -27,11 +27,13 @@ other families are ignored after parsing two headers):
   overrun"``, and the index is resolved again with an RTM_GETLINK.
 
 Our own writes come back too: every address anycastd adds or removes is one RTM_NEWADDR or
-RTM_DELADDR here, i.e. one parse and one ``on_change`` per write (a few µs each; a
-10,000-address first pass means 10,000 calls on the event loop) and, since the controller
-coalesces pokes, one extra pass after each apply. That pass is a converged one (observe and
-plan, no writes). Not filtering them is deliberate: an event cannot say whether it was ours
-or an operator's racing us, and a spare converged pass is cheap next to missing one.
+RTM_DELADDR here, i.e. one parse and one ``on_change`` per write, and (the controller
+coalesces pokes) one extra pass after each apply; that pass is a converged one (observe and
+plan, no writes). Measured in a netns on the 6.18 host: 10,000 queued address events are
+read and reported in 76 ms (~7 µs each, on the event loop, in slices of DRAIN_LIMIT
+datagrams); 20,000 fit the default receive buffer without an overrun. Not filtering them is
+deliberate: an event cannot say whether it was ours or an operator's racing us, and a spare
+converged pass is cheap next to a missed one.
 
 Ordering argument for the index resolution: the RTM_GETLINK is sent at construction and
 after an overrun, and the kernel answers it synchronously inside ``send``. Everything queued
@@ -189,10 +191,10 @@ class LinkWatcher:
     """Calls ``on_change(reason)`` for each address or link event of ``interface``.
 
     ``netns`` as for ``NetlinkLoopback``. ``rcvbuf`` is the socket's receive buffer: the
-    default holds a 10,000-address burst; tests shrink it to provoke an overrun. The socket
-    is opened and subscribed at construction (a missing namespace raises PermanentError), so
-    events from then on are delivered once ``run`` reads them: construct the watcher before
-    the first observe.
+    default holds a 20,000-address burst (measured); tests shrink it to provoke an overrun.
+    The socket is opened and subscribed at construction (a missing namespace raises
+    PermanentError), so events from then on are delivered once ``run`` reads them: construct
+    the watcher before the first observe.
     ``run`` may be called once; it closes the socket when it ends. ``close`` is for a
     watcher that never ran.
     """
