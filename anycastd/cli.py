@@ -5,6 +5,10 @@ Exit codes follow sysexits(3): 0 ok, 1 a probe found the service unhealthy, 64 u
 66 the config file is missing, 69 cannot start or reach the daemon, 70 internal error (a
 bug: the only case with a traceback), 78 the config is invalid. A user error is one clear
 message on stderr, never a traceback.
+
+``anycastd run`` exits 70 after a bug ended one of the daemon's tasks: the daemon has then
+withdrawn every prefix (fail closed, ``keep`` ignored) and logged the bug as one CRITICAL
+``task_crashed`` event that carries the traceback (journald/Loki keep it; stderr gets none).
 """
 
 from __future__ import annotations
@@ -150,6 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--for: {exc}") from None
     config = load(args.config)
     world = dry_run_world if args.dry_run else build_world
+    # EX_SOFTWARE (70) after a crash that the daemon already failed closed and logged
     return asyncio.run(
         run_daemon(config, config_path=args.config, duration=duration, world_factory=world)
     )

@@ -10,6 +10,11 @@ Stop (SIGTERM/SIGINT): the controller applies each service's shutdown policy in 
 order (demote, drain, withdraw, IPVS, addresses), then the speaker stops (a managed ExaBGP
 ends with it), then the process exits 0.
 
+Crash: an unexpected exception in any task (scheduler, flag watcher, watchdog, controller,
+speaker -- also one the speaker reports from its own loops, a reload) stops FAIL-CLOSED:
+every prefix withdrawn at once whatever its shutdown policy, one CRITICAL ``task_crashed``
+event with the traceback, exit 70. CancelledError always passes through.
+
 Flag files (maintenance_file, drain_file, global.maintenance_file) are never stat()ed on
 the loop: a stat on a hung mount would freeze it, stop the watchdog pings and let systemd
 restart anycastd with its ExaBGP. One worker thread at a time reads them; the loop (and an
@@ -35,7 +40,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,6 +87,10 @@ RESTART_ONLY = ("state_dir", "runtime_dir", "log_format", "log_level",
 
 #: How often maintenance/drain flag files are looked at. A stat() per file: cheap.
 FLAG_POLL_INTERVAL = 1.0
+#: The exit code after a crash (sysexits EX_SOFTWARE): an internal error, reported as one
+#: CRITICAL ``task_crashed`` log event with its traceback, after a fail-closed stop.
+EXIT_CRASHED = 70
+
 #: A flag-file read that has not returned after this long is stuck (a hung NFS mount): it
 #: is logged and the previous flag values stand until a read completes again.
 FLAG_READ_TIMEOUT = 2.0
@@ -261,6 +271,8 @@ class Daemon:
         self._file_flags: dict[Path, bool] = {}
         self._flag_read: asyncio.Future[dict[Path, bool | OSError]] | None = None
         self._flags_known = False  # a first read has completed
+        #: the first bug that ended a task (see :meth:`crashed`); the exit code is then 70
+        self.crash: BaseException | None = None
 
     @property
     def scheduler(self) -> Scheduler:
@@ -303,6 +315,17 @@ class Daemon:
         self.peers.update(peer, self.clock.now())
         if self.controller is not None:
             self.controller.poke()
+
+    def _on_speaker_resync(self) -> None:
+        if self.controller is not None:
+            self.controller.poke()
+
+    def _on_speaker_fatal(self, exc: BaseException) -> None:
+        self.crashed("speaker", exc)
+
+    def _failing(self) -> frozenset[str]:
+        """Services whose own checks fail, whatever their state (maintenance, drain)."""
+        return frozenset(n for n, h in self.scheduler.services.items() if not h.policy_up)
 
     def _specs(self) -> list[CheckSpec]:
         return [spec for svc in self.config.services.values() for spec in check_specs(svc)]
@@ -474,6 +497,11 @@ class Daemon:
         for name, h in health.items():
             event(log, "service_start", service=name, state=h.state.value, reason=h.reason)
         self.world = world = self._world_factory(self.config, self._on_peer)
+        if isinstance(world.speaker, ExabgpSpeaker):
+            # the speaker never announces on its own: after a read-back of ExaBGP's RIB it
+            # wakes the controller; a bug in one of its loops fails closed like ours
+            world.speaker.on_resync = self._on_speaker_resync
+            world.speaker.on_fatal = self._on_speaker_fatal
         if not world.dry_run:
             self._sysctls()
         self._load_flags()
@@ -490,6 +518,7 @@ class Daemon:
             bgp_settings=world.bgp_settings,
             states=self._states,
             real_servers_up=lambda: self._backends.up(self._rs_health()),
+            failing=self._failing,
             clock=self.clock,
             metrics=None if world.dry_run else self.metrics,
             withdraw_settle=WITHDRAW_SETTLE if isinstance(world.speaker, ExabgpSpeaker) else 0.0,
@@ -531,24 +560,50 @@ class Daemon:
         except ActuatorError as exc:
             raise StartupError(f"BGP speaker: {exc.message}") from None
 
+    def crashed(self, task: str, exc: BaseException) -> None:
+        """A bug ended one of the daemon's tasks (or the speaker reported one in its own
+        loops, ``on_fatal``): log it with its traceback, once, and stop FAIL-CLOSED --
+        every prefix withdrawn at once, ``keep`` policies ignored -- then exit 70. A node
+        whose daemon no longer works must not keep attracting traffic."""
+        if self.crash is None:
+            self.crash = exc
+        event(log, "task_crashed", level=logging.CRITICAL, task=task,
+              error=f"{type(exc).__name__}: {exc}",
+              traceback="".join(traceback.format_exception(exc)),
+              detail="withdrawing every prefix (fail closed) and exiting 70")
+        self.request_stop()
+
+    async def _guarded(self, name: str, work: Awaitable[None]) -> None:
+        """``work``, with an unexpected exception turned into a fail-closed stop instead
+        of an ExceptionGroup that would end the TaskGroup without any shutdown policy.
+        Cancellation and start-up errors (exit 69, a clear message) pass through."""
+        try:
+            await work
+        except (asyncio.CancelledError, StartupError):
+            raise
+        except Exception as exc:  # a bug anywhere must fail closed
+            self.crashed(name, exc)
+
     async def _main_loop(
         self, duration: float | None, world: World, controller: Controller
     ) -> int:
         async with asyncio.TaskGroup() as tg:
-            self._sched_task = tg.create_task(self.scheduler.run())
+            guarded = self._guarded
+            self._sched_task = tg.create_task(guarded("scheduler", self.scheduler.run()))
             helpers = [
-                tg.create_task(self._rs_scheduler.run()) if self._rs_scheduler else None,
-                tg.create_task(self._watch_flags()),
-                tg.create_task(self._watchdog()),
+                tg.create_task(guarded("real_server_scheduler", self._rs_scheduler.run()))
+                if self._rs_scheduler else None,
+                tg.create_task(guarded("flag_watcher", self._watch_flags())),
+                tg.create_task(guarded("watchdog", self._watchdog())),
             ]
             speaker_task = None
             if isinstance(world.speaker, ExabgpSpeaker):
-                speaker_task = tg.create_task(self._run_speaker(world.speaker))
-            ctl_task = tg.create_task(
-                controller.run(ready=self._ready, startup_hold=startup_hold(self.config))
-            )
+                speaker_task = tg.create_task(
+                    guarded("speaker", self._run_speaker(world.speaker)))
+            ctl_task = tg.create_task(guarded("controller", controller.run(
+                ready=self._ready, startup_hold=startup_hold(self.config))))
             if duration is not None:
-                helpers.append(tg.create_task(self._stop_after(duration)))
+                helpers.append(tg.create_task(guarded("timer", self._stop_after(duration))))
             event(log, "started", node=self.config.global_.node,
                   services=len(self.config.services), config=str(self.config_path))
             self.notifier.ready(f"{len(self.config.services)} services")
@@ -559,15 +614,21 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
-                    await self._do_reload()
+                    await self._guarded("reload", self._do_reload())
             self.notifier.stopping()
             limit = shutdown_limit(self.config)
-            event(log, "stopping", limit=limit)
+            fail_closed = self.crash is not None
+            event(log, "stopping", limit=limit, fail_closed=fail_closed)
             ctl_task.cancel()
             # let the cancelled pass unwind (its speaker command closes its connection)
             # before the shutdown passes observe and write
             await asyncio.wait([ctl_task])
-            self.shutdown_complete = await controller.shutdown(limit)
+            try:
+                self.shutdown_complete = await controller.shutdown(
+                    limit, fail_closed=fail_closed)
+            except Exception as exc:  # the speaker's stop below still ends the sessions
+                self.crashed("shutdown", exc)
+                self.shutdown_complete = False
             if not self.shutdown_complete:
                 event(log, "shutdown_incomplete", level=logging.ERROR,
                       detail="the shutdown policy did not finish in time; exiting anyway")
@@ -576,8 +637,9 @@ class Daemon:
             for task in (self._sched_task, *helpers, speaker_task):
                 if task is not None:
                     task.cancel()
-        event(log, "stopped", shutdown_complete=self.shutdown_complete)
-        return 0
+        event(log, "stopped", shutdown_complete=self.shutdown_complete,
+              crashed=self.crash is not None)
+        return EXIT_CRASHED if self.crash is not None else 0
 
     async def _stop_after(self, duration: float) -> None:
         await asyncio.sleep(duration)

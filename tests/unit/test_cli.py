@@ -254,3 +254,10 @@ def test_status_with_api_address_skips_a_broken_config(tmp_path: Path) -> None:
     assert proc.returncode == 69  # the config was not read; the daemon is just not there
     assert "not reachable" in proc.stderr
     assert run_cli("status", "--api", "nonsense").returncode == 64
+
+
+def test_a_daemon_crash_exits_with_ex_software() -> None:
+    from anycastd.cli import EX_SOFTWARE
+    from anycastd.engine.daemon import EXIT_CRASHED
+
+    assert EXIT_CRASHED == EX_SOFTWARE == 70

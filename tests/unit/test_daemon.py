@@ -167,11 +167,25 @@ async def test_file_check_up_is_announced(node: Node) -> None:
         assert node.holds(A)
 
 
-async def test_file_removed_is_demoted_then_withdrawn_after_the_drain(node: Node) -> None:
+async def test_file_removed_is_withdrawn_at_once(node: Node) -> None:
+    # unplanned (the checks say DOWN): most peers ignore 65535:0, a drain would keep
+    # sending traffic to a dead service
     node.flag("a-ok").touch()
     async with running(node):
         await wait_for(lambda: node.announced() == {A: ()})
         node.flag("a-ok").unlink()
+        await wait_for(lambda: node.announced() == {} and not node.holds(A))
+
+    assert node.speaker is not None
+    assert all(rib != {A: (GRACEFUL_SHUTDOWN,)} for _, rib in node.speaker.timeline)
+
+
+async def test_maintenance_is_demoted_then_withdrawn_after_the_drain(node: Node) -> None:
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        node.daemon.set_flag("a", "maintenance", True)  # planned: healthy, taken out
         await wait_for(lambda: node.announced() == {} and not node.holds(A))
 
     assert node.speaker is not None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from anycastd.actuators.loopback import LoopbackObserved
 from anycastd.bgp.speaker import PeerState
 from anycastd.config import Config, load_config
 from anycastd.core.health import ServiceState
@@ -24,9 +25,10 @@ from anycastd.engine.world import World
 from anycastd.observe.metrics import Metrics
 from anycastd.observe.status import render_text
 from anycastd.observe.systemd import Notifier
+from anycastd.testing.loopback import FakeLoopback
 from tests.unit.test_daemon import HEAD, Node, fast, running, wait_for
 
-A = "192.0.2.1/32"
+A, B = "192.0.2.1/32", "192.0.2.2/32"
 
 
 @pytest.fixture
@@ -233,3 +235,64 @@ class StatNode(Node):
     def start(self) -> Daemon:
         return Daemon(load_config(self.path), self.path, notifier=Notifier(""),
                       metrics=Metrics(), world_factory=self.world, flag_exists=self.stat)
+
+
+# --------------------------------------------------------------------------- crash
+
+
+class BuggyLoopback(FakeLoopback):
+    """A loopback whose next observe raises a bug (not an ActuatorError), once."""
+
+    armed = False
+
+    def observe(self) -> LoopbackObserved:
+        if self.armed:
+            self.armed = False
+            raise ZeroDivisionError("a bug in the controller's world")
+        return super().observe()
+
+
+async def test_a_crashed_task_fails_closed_withdraws_everything_and_exits_70(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "b" has shutdown = "keep": an orderly stop keeps it, a crash must not
+    text = (HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A)
+            + fast(tmp_path, "b", B, shutdown="keep"))
+    lo = BuggyLoopback()
+    node = Node(tmp_path, text, lo=lo)
+    node.flag("a-ok").touch()
+    node.flag("b-ok").touch()
+    async with running(node) as task:
+        await wait_for(lambda: node.announced() == {A: (), B: ()})
+        assert node.daemon is not None
+        assert node.daemon.controller is not None
+        lo.armed = True
+        node.daemon.controller.poke()
+        assert await asyncio.wait_for(task, 5.0) == 70
+
+    assert node.announced() == {}
+    assert not node.holds(A)
+    assert not node.holds(B)
+    (crash,) = [r for r in caplog.records if r.getMessage() == "task_crashed"]
+    assert crash.levelno == logging.CRITICAL
+    assert crash.__dict__["fields"]["task"] == "controller"
+    assert "ZeroDivisionError: a bug in the controller's world" in (
+        crash.__dict__["fields"]["traceback"])
+
+
+async def test_a_bug_the_speaker_reports_fails_closed_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # what ExabgpSpeaker's on_fatal calls when one of its own loops died
+    text = HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="keep")
+    node = Node(tmp_path, text)
+    node.flag("a-ok").touch()
+    async with running(node) as task:
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        node.daemon.crashed("speaker", RuntimeError("relay reader died"))
+        assert await asyncio.wait_for(task, 5.0) == 70
+    assert node.announced() == {}
+    assert node.daemon.shutdown_complete is True
+    (crash,) = [r for r in caplog.records if r.getMessage() == "task_crashed"]
+    assert crash.__dict__["fields"]["task"] == "speaker"
