@@ -4,6 +4,10 @@ Harness: ``python -m tests.integration.bgp_support harness SETTINGS_JSON RUNTIME
 ExabgpSpeaker in the current namespace and takes one JSON request a line on stdin, answering
 one JSON line on stdout. The test runs it with ``ip netns exec`` (same PID), so killing it
 by PID is killing "anycastd".
+
+The speaker never announces on its own (issue 8): after a read-back it calls ``on_resync``
+and the controller's pass sends its verdict. The harness plays that controller: on every
+``on_resync`` it sends the last route set the test asked for (its current verdict) again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from anycastd.actuators.errors import ActuatorError
 from anycastd.actuators.exabgp import Attributes, BgpSettings, ExabgpSpeaker, Neighbor, Route
 from anycastd.testing.netns import Netns, stop_process, wait_for
 
@@ -143,7 +148,24 @@ def started(*things: Any) -> Iterator[None]:
 
 async def _harness(settings_json: str, runtime_dir: str) -> None:
     settings = settings_from_json(settings_json)
-    speaker = ExabgpSpeaker(settings, Path(runtime_dir), restart_backoff=(0.2, 2.0))
+    wish: list[Route] | None = None
+    passes: set[asyncio.Task[None]] = set()
+    resyncs = 0
+
+    async def controller_pass() -> None:
+        if wish is not None:
+            with contextlib.suppress(ActuatorError):
+                await speaker.set_routes(wish)
+
+    def on_resync() -> None:
+        nonlocal resyncs
+        resyncs += 1
+        task = asyncio.get_running_loop().create_task(controller_pass())
+        passes.add(task)
+        task.add_done_callback(passes.discard)
+
+    speaker = ExabgpSpeaker(settings, Path(runtime_dir), restart_backoff=(0.2, 2.0),
+                            on_resync=on_resync)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 26)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -161,6 +183,7 @@ async def _harness(settings_json: str, runtime_dir: str) -> None:
             try:
                 if op == "set_routes":
                     routes = [route_from_json(r) for r in request["routes"]]
+                    wish = routes
                     wall, started_at = time.time(), time.perf_counter()
                     await speaker.set_routes(routes)
                     reply({"ok": True, "elapsed": time.perf_counter() - started_at,
@@ -174,6 +197,7 @@ async def _harness(settings_json: str, runtime_dir: str) -> None:
                         "exabgp_starts": speaker.exabgp_starts,
                         "commands_sent": speaker.commands_sent,
                         "sent": len(speaker.sent),
+                        "resyncs": resyncs,
                     })
                 elif op == "update_settings":
                     await speaker.update_settings(settings_from_json(request["settings"]))

@@ -234,6 +234,8 @@ async def test_fake_speaker_is_a_speaker_and_follows_settings_changes() -> None:
     two = replace(SETTINGS, neighbors=(*SETTINGS.neighbors, Neighbor("10.0.1.1", 65010)))
     await fake.update_settings(two)
     assert isinstance(fake, FakeSpeaker)
+    assert sorted(fake.rib) == [("10.0.0.1", "192.0.2.53/32")]  # never announces on its own
+    await fake.set_routes([Route("192.0.2.53/32")])  # the controller's pass after on_resync
     assert sorted(fake.rib) == [("10.0.0.1", "192.0.2.53/32"), ("10.0.1.1", "192.0.2.53/32")]
     assert set(fake.peers) == {"10.0.0.1", "10.0.1.1"}
 
