@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 from anycastd.actuators import sysctl
 from anycastd.actuators.errors import ActuatorError
+from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
 from anycastd.config import Config, ConfigError, ServiceConfig, load_config
 from anycastd.core.health import (
@@ -84,6 +85,9 @@ _T = TypeVar("_T")
 #: [global] keys read once at start: a reload that changes them says so.
 RESTART_ONLY = ("state_dir", "runtime_dir", "log_format", "log_level",
                 "max_concurrent_checks", "manage_sysctls")
+
+#: After the kernel event socket failed: how long before a new one is opened.
+LINK_WATCH_RETRY = 5.0
 
 #: How often maintenance/drain flag files are looked at. A stat() per file: cheap.
 FLAG_POLL_INTERVAL = 1.0
@@ -596,6 +600,9 @@ class Daemon:
                 tg.create_task(guarded("flag_watcher", self._watch_flags())),
                 tg.create_task(guarded("watchdog", self._watchdog())),
             ]
+            if world.link_events is not None:
+                helpers.append(tg.create_task(
+                    guarded("link_watcher", self._watch_link(world.link_events, controller))))
             speaker_task = None
             if isinstance(world.speaker, ExabgpSpeaker):
                 speaker_task = tg.create_task(
@@ -640,6 +647,21 @@ class Daemon:
         event(log, "stopped", shutdown_complete=self.shutdown_complete,
               crashed=self.crash is not None)
         return EXIT_CRASHED if self.crash is not None else 0
+
+    async def _watch_link(self, opener: Callable[[], LinkWatcher], controller: Controller) -> None:
+        """Reconcile at once on every address or link event of the managed interface (an
+        address deleted by hand, the link going down): the prefix is withdrawn within
+        milliseconds instead of at the next timer pass. Our own writes come back as events
+        too; they cost one extra pass that plans nothing (pokes coalesce). If the netlink
+        socket fails, the timer is the backstop until a new watcher is open."""
+        while True:
+            try:
+                await opener().run(lambda _reason: controller.poke())
+            except ActuatorError as exc:
+                event(log, "link_watch_failed", level=logging.ERROR, error=exc.message,
+                      detail=f"reconcile_interval is the backstop; retrying in "
+                      f"{LINK_WATCH_RETRY:g}s")
+            await asyncio.sleep(LINK_WATCH_RETRY)
 
     async def _stop_after(self, duration: float) -> None:
         await asyncio.sleep(duration)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from anycastd.actuators.errors import ActuatorError, PermanentError
 from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
+from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
 from anycastd.bgp.model import BgpSettings, Neighbor
 from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
@@ -35,6 +36,9 @@ class World:
     bgp_settings: BgpSettings | None
     closers: list[Callable[[], None]] = field(default_factory=list)
     dry_run: bool = False  # in-memory copies: the node itself is never written
+    #: opens a watcher of the interface's address and link events (None: no kernel to
+    #: watch, e.g. a dry run); a factory, so a watcher whose socket failed can be replaced
+    link_events: Callable[[], LinkWatcher] | None = None
 
     def close(self) -> None:
         for close in self.closers:
@@ -102,7 +106,8 @@ def build_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> 
         speaker = ExabgpSpeaker(settings, Path(g.runtime_dir), on_peer_change=on_peer_change)
     else:
         speaker = NullSpeaker()
-    return World(lo, ipvs, speaker, settings, closers)
+    return World(lo, ipvs, speaker, settings, closers,
+                 link_events=lambda: LinkWatcher(g.interface))
 
 
 def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> World:

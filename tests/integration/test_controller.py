@@ -319,12 +319,15 @@ def test_external_restart_sends_no_update_for_a_healthy_service(topo: Topo) -> N
     assert second.events("loopback") == []
 
 
-def test_address_removed_by_hand_comes_back_within_the_reconcile_interval(
+def test_address_removed_by_hand_is_withdrawn_and_restored_at_once_not_on_the_timer(
     topo: Topo,
 ) -> None:
+    # The kernel's address events drive a pass: the timer (30 s here) is only the backstop.
+    # Measured before the event listener: the route stayed at the peer for the whole
+    # reconcile interval with no address behind it.
     svc = Service("web", "192.0.2.61/32", 8131)
     topo.listener(svc.port)
-    daemon = topo.anycastd(topo.write_config([svc], reconcile_interval="1s"))
+    daemon = topo.anycastd(topo.write_config([svc], reconcile_interval="30s"))
     announced(topo, svc.prefix)
     time.sleep(0.5)
     t_del = time.time()
@@ -332,7 +335,7 @@ def test_address_removed_by_hand_comes_back_within_the_reconcile_interval(
     wait_for(lambda: topo.has_address(svc.prefix), timeout=5, interval=0.02)
     events = topo.monitor.of("192.0.2.61", since=t_del)
     assert [e.added for e in events] == [False, True], events
-    assert events[1].t - events[0].t <= 1.0 + 0.3
+    assert events[1].t - events[0].t <= 0.5, events
     wait_for(lambda: topo.peer.has(svc.prefix))
     time.sleep(0.3)
     # What the planner does with a route it finds announced without its address: withdraw,
@@ -340,6 +343,7 @@ def test_address_removed_by_hand_comes_back_within_the_reconcile_interval(
     # withdraw settle). Never re-announced before the address is back.
     withdrawn, again = topo.peer.updates(svc.prefix, since=t_del)
     assert withdrawn.withdrawn
+    assert withdrawn.t - events[0].t <= 0.5, "withdrawn within milliseconds, not on the timer"
     assert not again.withdrawn
     assert withdrawn.t + MARGIN <= events[1].t < again.t
     order = [(ln.event, ln.fields.get("action", "")) for ln in daemon.lines()
