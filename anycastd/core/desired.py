@@ -150,14 +150,14 @@ class PrefixIntent:
     ``wanted``: some owner's state wants the prefix served (address on, IPVS live) and
     published. ``route`` is the BGP announcement now (None: not announced; always None
     without ``[bgp]``). ``demote`` is what to announce while draining before a withdraw
-    (None: withdraw without demoting). ``planned``: a take-down now would be planned
-    (maintenance, drain flag, disabled, shutdown) and may demote and drain; False when the
-    owners fail (checks down, too few healthy real servers): then the prefix is withdrawn
-    at once, unless an owner opted into ``drain_on_failure``. ``address`` is the host
-    address that goes on the interface (None for a wider prefix). ``guards`` holds, per
-    owner, the virtual services that must be healthy; ``announcing`` the owners whose state
-    announces the prefix; ``virtual_services`` every virtual service serving the prefix (their
-    connections end a drain early).
+    (None: withdraw without demoting). ``drainers``: the owners that do not fail; a
+    take-down (maintenance, drain flag, disabled, shutdown) may demote and drain through
+    them, while their guards hold. With none (checks down, too few healthy real servers)
+    the prefix is withdrawn at once, unless an owner opted into ``drain_on_failure``.
+    ``address`` is the host address that goes on the interface (None for a wider prefix).
+    ``guards`` holds, per owner, the virtual services that must be healthy; ``announcing``
+    the owners whose state announces the prefix; ``virtual_services`` every virtual service
+    serving the prefix (their connections end a drain early).
     """
 
     prefix: str
@@ -173,7 +173,13 @@ class PrefixIntent:
     ospf_metric: int | None
     virtual_services: tuple[VirtualService, ...] = ()
     wanted: bool = False
-    planned: bool = True
+    #: owners that do not fail: a take-down may drain only through them
+    drainers: tuple[str, ...] = ()
+
+    @property
+    def planned(self) -> bool:
+        """A take-down now would be planned (some owner does not fail)."""
+        return bool(self.drainers)
 
     def guards_of(self, owner: str) -> tuple[Guard, ...]:
         for name, guards in self.guards:
@@ -446,8 +452,8 @@ def _prefix_intent(
         ospf_metric=_ospf_metric(metric_owner, intents[metric_owner.name].state),
         virtual_services=tuple(sorted({vs for s in owners for vs in vses[s.name].get(prefix, ())})),
         wanted=best is not None,
-        # a shared prefix drains when any owner can still serve it
-        planned=not all(intents[s.name].failing for s in owners),
+        # a shared prefix drains only through an owner that can still serve it
+        drainers=tuple(s.name for s in owners if not intents[s.name].failing),
     )
 
 

@@ -464,7 +464,8 @@ def plan(
                 policy_withdraw=fail_closed or (
                     shutdown and intent is not None and intent.shutdown == "withdraw"
                 ),
-                observed_ok=observed_ok,
+                # a drain needs an owner that does not fail and serves now
+                observed_ok=intent is not None and _gate(intent, intent.drainers, ips, counts),
                 observed=observed,
                 now=now,
                 drain_connections=drain_connections,

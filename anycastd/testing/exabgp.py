@@ -56,6 +56,7 @@ class FakeSpeaker:
         self._connected = synced
         self._ever_synced = synced
         self._failures: list[ActuatorError | None] = []  # None: ExaBGP answers "error"
+        self._good_before_failure = 0  # commands that still succeed before _failures apply
         self._peers: dict[str, PeerState] = {
             n.address: PeerState(address=n.address, name=n.label, up=True, state="up")
             for n in self.settings.neighbors
@@ -131,6 +132,17 @@ class FakeSpeaker:
         timeout: it is raised at once and the connection is dropped (``reconnect`` next)."""
         self._failures.append(error)
 
+    def fail_after(self, n: int, error: ActuatorError | None = None) -> None:
+        """The next ``n`` commands succeed, the one after fails (as with ``fail_next``):
+        a batch cut short halfway."""
+        self._good_before_failure = n
+        self._failures.append(error)
+
+    def clear_failures(self) -> None:
+        """Forget injected failures that no command consumed."""
+        self._failures.clear()
+        self._good_before_failure = 0
+
     def disconnect(self) -> None:
         """The relay went away: ``set_routes`` raises TransientError (``desired`` is still
         recorded); ExaBGP keeps what it announces."""
@@ -186,7 +198,9 @@ class FakeSpeaker:
         # the first error raised at the end
         first_error: ActuatorError | None = None
         for command in commands:
-            if self._failures:
+            if self._failures and self._good_before_failure > 0:
+                self._good_before_failure -= 1
+            elif self._failures:
                 error = self._failures.pop(0) or CommandError(command.text)
                 if isinstance(error, TransientError):
                     self._connected = False  # the real speaker drops a timed-out connection

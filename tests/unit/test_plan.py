@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
-from anycastd.actuators.errors import TransientError
+from anycastd.actuators.errors import ActuatorError, TransientError
 from anycastd.actuators.ipvs import (
     AddRealServer,
     AddService,
@@ -40,10 +41,12 @@ from anycastd.core.plan import (
     plan,
     routes_from_rib,
 )
+from anycastd.testing.exabgp import FakeSpeaker
 from anycastd.testing.ipvs import FakeIpvs
 from anycastd.testing.loopback import FakeLoopback
 
 CHECK = 'checks = [{type = "tcp", host = "127.0.0.1", port = 80}]'
+_T = TypeVar("_T")
 
 
 # --- the simulated world --------------------------------------------------------------------
@@ -52,22 +55,57 @@ CHECK = 'checks = [{type = "tcp", host = "127.0.0.1", port = 80}]'
 @dataclass(frozen=True)
 class Failure:
     """Step ``step`` of the next pass fails after ``cut`` of its actions (for a BgpStep:
-    prefixes whose bit in ``cut`` is set are updated, the others keep their old routes)."""
+    after ``cut`` speaker commands, the next one is rejected by "ExaBGP")."""
 
     step: int
     cut: int = 0
 
 
+#: The speaker side of the simulated world: the neighbor the planner's configs name.
+SETTINGS_1 = BgpSettings(
+    router_id="192.0.2.1",
+    local_as=65001,
+    neighbors=(
+        Neighbor("127.0.0.2", 65000, "127.0.0.1", families=("ipv4 unicast", "ipv6 unicast")),
+    ),
+)
+
+
+def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine that never suspends (the fakes' ``async`` methods) to its end."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return cast(_T, stop.value)
+    coro.close()
+    raise AssertionError("a fake suspended")
+
+
 class World:
-    """The kernel and the speaker, as the controller sees them."""
+    """The kernel and the speaker, as the controller sees them. The speaker is a
+    ``FakeSpeaker``, which keeps the real one's rules (a parity test holds it to them): it
+    remembers what it was asked for, its relay can go away and come back (a withdraw-only
+    read-back), and ExaBGP can restart (its RIB empty)."""
 
     def __init__(self) -> None:
         self.lo = FakeLoopback()
         self.ipvs = FakeIpvs()
-        self.announced: frozenset[Route] = frozenset()
-        self.bgp_changes = 0  # prefixes whose announcement changed (updates sent)
+        self.speaker = FakeSpeaker(SETTINGS_1)
+        self.hints: frozenset[Route] = frozenset()
+        self._earlier_commands = 0  # sent by the speakers of earlier anycastd processes
 
-    def observe(self) -> Observed:
+    @property
+    def announced(self) -> frozenset[Route]:
+        """What the peers are offered, as routes (read back like the controller does)."""
+        return routes_from_rib(self.speaker.sent, SETTINGS_1, self.hints)
+
+    @property
+    def bgp_changes(self) -> int:
+        """Commands the speakers sent (updates on the wire), across anycastd restarts."""
+        return self._earlier_commands + len(self.speaker.commands)
+
+    def observe(self, hints: frozenset[Route] = frozenset()) -> Observed:
+        self.hints = hints | frozenset(self.speaker.routes)
         return Observed(
             loopback=self.lo.observe(),
             ipvs=self.ipvs.observe(),
@@ -101,22 +139,16 @@ class World:
                 self.ipvs.apply(actions[: fail % (len(actions) + 1)])
                 return False
             case BgpStep(routes):
-                self._bgp(routes, None if fail is None else fail)
-                return fail is None
+                if fail is not None:
+                    self.speaker.fail_after(fail % 4)
+                try:
+                    run_sync(self.speaker.set_routes(routes))
+                except ActuatorError:
+                    return False
+                finally:
+                    self.speaker.clear_failures()
+                return True
         raise AssertionError(step)
-
-    def _bgp(self, routes: frozenset[Route], mask: int | None) -> None:
-        old = _by_prefix(self.announced)
-        new = _by_prefix(routes)
-        result: dict[str, frozenset[Route]] = {}
-        for i, prefix in enumerate(sorted(old.keys() | new.keys())):
-            take = mask is None or (mask >> i) & 1
-            chosen = new.get(prefix, frozenset()) if take else old.get(prefix, frozenset())
-            if chosen != old.get(prefix, frozenset()):
-                self.bgp_changes += 1
-            if chosen:
-                result[prefix] = chosen
-        self.announced = frozenset(r for group in result.values() for r in group)
 
     def host_ips(self) -> set[str]:
         return {str(a.ip) for a in self.lo.addresses}
@@ -127,12 +159,12 @@ class World:
             return 0
         return sum(1 for d in svc.dests.values() if d.server.weight > 0)
 
-
-def _by_prefix(routes: frozenset[Route]) -> dict[str, frozenset[Route]]:
-    out: dict[str, set[Route]] = {}
-    for r in routes:
-        out.setdefault(r.prefix, set()).add(r)
-    return {k: frozenset(v) for k, v in out.items()}
+    def restart_anycastd(self) -> None:
+        """A new anycastd: a new speaker (nothing desired yet) over the same ExaBGP RIB."""
+        rib = self.speaker.rib
+        self._earlier_commands += len(self.speaker.commands)
+        self.speaker = FakeSpeaker(SETTINGS_1)
+        self.speaker.rib = rib
 
 
 def violations(
@@ -206,7 +238,7 @@ class Harness:
     def plan(self) -> Plan:
         desired = compute(self.config, self.states, self.rs_up, failing=self.failing)
         return plan(
-            self.state, desired, self.world.observe(), self.now,
+            self.state, desired, self.world.observe(desired.route_hints), self.now,
             shutdown=self.shutdown, fail_closed=self.fail_closed,
         )
 
@@ -244,7 +276,9 @@ class Harness:
         raise AssertionError(f"no convergence: {result}")
 
     def restart(self) -> None:
+        """anycastd restarted: the planner's state and the speaker's memory are gone."""
         self.state = ControllerState()
+        self.world.restart_anycastd()
 
 
 #: A [bgp] section for the planner's configs: without one nothing is announced.

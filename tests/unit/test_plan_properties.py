@@ -100,7 +100,8 @@ Event = tuple[str, int, int, int]
 events = st.lists(
     st.tuples(
         st.sampled_from(
-            ["state", "state", "rs", "rs", "time", "time", "conn", "fail", "restart", "tamper"]
+            ["state", "state", "rs", "rs", "time", "time", "conn", "fail", "restart", "tamper",
+             "relay"]
         ),
         st.integers(0, 4),
         st.integers(0, 4),
@@ -113,6 +114,8 @@ events = st.lists(
 
 def settle(h: Harness, max_passes: int = 40) -> None:
     """Run passes (no failures), moving the clock to each wakeup, until nothing is left."""
+    if not h.world.speaker.connected:
+        relay(h, 1)  # the relay comes back in the end
     for _ in range(max_passes):
         result = h.tick()
         if result.steps:
@@ -149,11 +152,29 @@ def run_events(h: Harness, shapes: list[ServiceShape], evs: list[Event]) -> None
         elif kind == "tamper":
             tamper(h, i, b)
             failure = Failure(step=c % 3, cut=c // 4) if c % 4 == 2 else None
-        if kind in ("state", "rs", "tamper") and c % 2:
+        elif kind == "relay":
+            relay(h, b)
+        if kind in ("state", "rs", "tamper", "relay") and c % 2:
             continue
         result = h.tick(failure)
         for _, phase in result.phases:
             event(f"phase {phase}")  # --hypothesis-show-statistics: what the runs reached
+
+
+def relay(h: Harness, b: int) -> None:
+    """The relay goes away (commands fail, ExaBGP keeps its routes), comes back (the
+    speaker reads back and may only withdraw), or ExaBGP restarts (nothing announced, the
+    new relay connects). What the speaker does on its own never makes the world less safe:
+    it only withdraws (the scenario where it re-sent a remembered route is issue 8 #1)."""
+    before = set(h.violations())
+    match b % 3:
+        case 0:
+            h.world.speaker.disconnect()
+        case 1:
+            h.world.speaker.reconnect()
+        case _:
+            h.world.speaker.restart()
+    assert set(h.violations()) <= before
 
 
 def tamper(h: Harness, i: int, b: int) -> None:
