@@ -13,6 +13,7 @@ the UPDATE by that much, bgpd's log does not.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -377,3 +378,105 @@ def test_maintenance_file_withdraws_and_its_removal_announces_again(topo: Topo) 
     (added,) = topo.monitor.of("192.0.2.71", since=t_off)
     assert added.added
     assert added.t < back.t
+
+
+def relay_pids(topo: Topo) -> list[int]:
+    """PIDs of this topology's relay (ExaBGP's API process, started by its ExaBGP)."""
+    sock = str(topo.tmp / "run" / "exabgp.sock")
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"anycastd-exabgp-relay" in a or b"anycastd.relay" in a for a in argv) and \
+                sock.encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_relay(topo: Topo) -> None:
+    for pid in relay_pids(topo):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def up_intervals(lines: list[LogLine], service: str, start: float, end: float,
+                 ) -> list[tuple[float, float]]:
+    """When anycastd's health engine held ``service`` UP, from its transition events."""
+    out: list[tuple[float, float]] = []
+    since: float | None = start
+    for ln in lines:
+        if ln.event != "service_transition" or ln.fields.get("service") != service:
+            continue
+        if ln.fields["new"] == "up" and since is None:
+            since = ln.t
+        elif ln.fields["new"] != "up" and since is not None:
+            out.append((since, ln.t))
+            since = None
+    if since is not None:
+        out.append((since, end))
+    return out
+
+
+def test_a_failure_while_the_relay_keeps_reconnecting_never_leaves_a_lying_route(
+    topo: Topo,
+) -> None:
+    # Issue 8 #1: while the relay is away (killed; ExaBGP respawns it, it reconnects), a
+    # route the speaker remembers must never come back on its own: the peer carries the
+    # prefix only while the address is on lo and the service is up. Timer 30 s: only
+    # events (health edges, the speaker's read-back reports) drive the passes here.
+    svc = Service("web", "192.0.2.81/32", 8151)
+    listener = topo.listener(svc.port)
+    daemon = topo.anycastd(topo.write_config([svc], reconcile_interval="30s"))
+    announced(topo, svc.prefix)
+    assert relay_pids(topo), "the relay runs"
+    kills = 0
+    with Sampler(topo.peer, topo.edge, svc.prefix) as sampler:
+        time.sleep(0.3)
+        t0 = time.time()
+        kill_relay(topo)  # the failure lands while the relay is reconnecting
+        stop_process(listener)
+        for _ in range(2):
+            time.sleep(0.15)
+            kill_relay(topo)
+        kills += 3
+        wait_for(lambda: not topo.peer.has(svc.prefix) and not topo.has_address(svc.prefix),
+                 timeout=15, interval=0.01)
+        time.sleep(0.5)
+        kill_relay(topo)  # reconnects while DOWN: nothing may be re-sent
+        kills += 1
+        time.sleep(1.0)
+        assert not topo.peer.has(svc.prefix), "a DOWN service's route came back"
+        t_back = time.time()
+        topo.listener(svc.port)
+        announced(topo, svc.prefix, timeout=15)
+        time.sleep(0.3)
+    t_end = time.time()
+    assert kills < 6, "ExaBGP exits on the 6th helper death within 64 s"
+
+    lines = [ln for ln in daemon.lines() if ln.t >= t0 - 1]
+    updates = topo.peer.updates(svc.prefix, since=t0)
+    # one withdraw while down, one announce once back: no flap, no stale re-announce
+    assert [u.withdrawn for u in updates] == [True, False], updates
+    withdraw, again = updates
+    assert again.t >= t_back
+    healthy = up_intervals(lines, "web", t0 - 1, t_end)
+    ip = svc.prefix.split("/", maxsplit=1)[0]
+    on_lo = present_intervals(topo.monitor.of(ip, since=t0), True, t0 - 1, t_end)
+    shown = [s for s in sampler.rib if s.value]
+    assert len(sampler.rib) > 20, "the RIB was sampled for the whole timeline"
+    assert shown, "the RIB showed the route before the failure"
+    # whenever the peer showed the route: the address was on lo, and the service was up,
+    # except within RIB_LAG after the withdraw reached the peer (bgpd's display lag) and,
+    # for health, the time the withdraw needed to get out through a reconnecting relay
+    down_at = next(b for a, b in healthy if b < t_back)
+    assert withdraw.t - down_at < 1.0, (withdraw.t - down_at, "withdraw waited too long")
+    lag_ok = [s for s in shown if withdraw.t <= s.t0 <= withdraw.t + RIB_LAG]
+    no_addr = [s for s in shown if not covered(s.t0, s.t1, on_lo) and s not in lag_ok]
+    assert not no_addr, f"route at the peer while the address was gone: {no_addr[:3]}"
+    unhealthy = [s for s in shown if not covered(s.t0, s.t1, healthy)
+                 and not s.t0 <= withdraw.t + RIB_LAG]
+    assert not unhealthy, f"route at the peer while the service was down: {unhealthy[:3]}"
