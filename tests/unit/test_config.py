@@ -12,7 +12,7 @@ from typing import Any
 import pydantic
 import pytest
 
-import anycastd.config as module
+import anycastd.config.schema as module
 from anycastd.config import (
     Config,
     ConfigError,
