@@ -19,6 +19,7 @@ Models are frozen and hashable: two loads of an unchanged service compare equal,
 how a reload finds the services it must leave alone.
 """
 
+from anycastd.config.errors import ConfigError, ConfigIssue, ConfigNotFound
 from anycastd.config.schema import (
     CHECK_TYPES,
     DEFAULT_CONFIG_PATH,
@@ -28,9 +29,6 @@ from anycastd.config.schema import (
     BgpStateAttrs,
     Check,
     Config,
-    ConfigError,
-    ConfigIssue,
-    ConfigNotFound,
     Damping,
     DnsCheck,
     ExecCheck,

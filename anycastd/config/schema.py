@@ -3,8 +3,6 @@ hashable, so two loads of an unchanged service compare equal."""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 import os
 import re
@@ -42,6 +40,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from anycastd.config.errors import (
+    ConfigError,
+    ConfigIssue,
+    ConfigNotFound,
+    _describe,
+    _fmt,
+    _unknown_key,
+)
 from anycastd.durations import DurationError, format_duration, parse_duration
 
 __all__ = [
@@ -53,9 +59,6 @@ __all__ = [
     "BgpStateAttrs",
     "Check",
     "Config",
-    "ConfigError",
-    "ConfigIssue",
-    "ConfigNotFound",
     "Damping",
     "DnsCheck",
     "ExecCheck",
@@ -93,41 +96,6 @@ WELL_KNOWN_COMMUNITIES: dict[str, str] = {
     "no-peer": "65535:65284",
 }
 _TIMING_KEYS = ("interval", "fast_interval", "timeout", "rise", "fall", "jitter")
-
-
-# --------------------------------------------------------------------------- issues
-
-
-@dataclasses.dataclass(frozen=True)
-class ConfigIssue:
-    """One problem: the file, the key path (``services.dns.checks[1].timeout``), and what
-    is expected. ``key`` is "" for whole-file problems; line/column are set for syntax errors.
-    """
-
-    file: str
-    key: str
-    message: str
-    line: int | None = None
-    column: int | None = None
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; ``issues`` lists every problem found."""
-
-    def __init__(self, issues: list[ConfigIssue]) -> None:
-        self.issues = list(issues)
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return "\n".join(str(i) for i in self.issues)
-
-
-class ConfigNotFound(ConfigError):
-    """The main configuration file does not exist (the CLI exits EX_NOINPUT)."""
 
 
 # --------------------------------------------------------------------------- scalar types
@@ -1433,17 +1401,6 @@ def _raw_at(raw: object, *path: str | int) -> Mapping[str, Any]:
 # --------------------------------------------------------------------------- error mapping
 
 
-def _fmt(parts: Iterable[str | int]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
-            out += f".{text}" if out else text
-    return out
-
-
 def _unwrap(tp: Any) -> Any:
     while typing.get_origin(tp) is Annotated:
         tp = typing.get_args(tp)[0]
@@ -1506,13 +1463,6 @@ def _keys(model: Any) -> list[str]:
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return []
     return sorted(info.alias or name for name, info in model.model_fields.items())
-
-
-def _unknown_key(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    if close:
-        return "unknown key (did you mean " + " or ".join(f'"{c}"' for c in close) + "?)"
-    return "unknown key; valid keys are " + ", ".join(valid)
 
 
 def _map_errors(
@@ -1589,21 +1539,6 @@ def _message(error: Any, model: Any, parts: list[str | int]) -> str:
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return str(error["msg"])
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = json.dumps(value)
-        return text if len(text) <= 60 else text[:57] + '..."'
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"a {type(value).__name__}"
 
 
 # --------------------------------------------------------------------------- output
