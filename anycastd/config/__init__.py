@@ -20,9 +20,9 @@ how a reload finds the services it must leave alone.
 """
 
 from anycastd.config.errors import ConfigError, ConfigIssue, ConfigNotFound
+from anycastd.config.files import DEFAULT_CONFIG_PATH, load_config, loads
 from anycastd.config.schema import (
     CHECK_TYPES,
-    DEFAULT_CONFIG_PATH,
     ApiConfig,
     BgpConfig,
     BgpNeighbor,
@@ -46,8 +46,6 @@ from anycastd.config.schema import (
     TcpCheck,
     TlsCheck,
     dump,
-    load_config,
-    loads,
     summarize,
 )
 
