@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from anycastd.config.checks import _Rules
 from anycastd.config.errors import (
     ConfigError,
     ConfigIssue,
@@ -25,7 +26,6 @@ from anycastd.config.schema import (
     Config,
     ServiceConfig,
     _map_errors,
-    _Rules,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/anycastd/anycastd.toml")
