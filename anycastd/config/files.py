@@ -20,12 +20,12 @@ from anycastd.config.errors import (
     _fmt,
     _unknown_key,
 )
+from anycastd.config.messages import _map_errors
 from anycastd.config.scalars import NAME_RE
 from anycastd.config.schema import (
     _SECTIONS,
     Config,
     ServiceConfig,
-    _map_errors,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/anycastd/anycastd.toml")
