@@ -21,6 +21,7 @@ how a reload finds the services it must leave alone.
 
 from anycastd.config.errors import ConfigError, ConfigIssue, ConfigNotFound
 from anycastd.config.files import DEFAULT_CONFIG_PATH, load_config, loads
+from anycastd.config.render import dump, summarize
 from anycastd.config.schema import (
     CHECK_TYPES,
     ApiConfig,
@@ -45,8 +46,6 @@ from anycastd.config.schema import (
     ServiceConfig,
     TcpCheck,
     TlsCheck,
-    dump,
-    summarize,
 )
 
 __all__ = [

@@ -3,14 +3,9 @@ hashable, so two loads of an unchanged service compare equal."""
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Mapping
-from ipaddress import (
-    IPv4Address,
-    IPv6Address,
-    ip_address,
-)
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -64,7 +59,6 @@ from anycastd.config.scalars import (
     _v_regex,
     _v_whole_seconds,
 )
-from anycastd.durations import format_duration
 
 __all__ = [
     "CHECK_TYPES",
@@ -90,8 +84,6 @@ __all__ = [
     "ServiceConfig",
     "TcpCheck",
     "TlsCheck",
-    "dump",
-    "summarize",
 ]
 
 _TIMING_KEYS = ("interval", "fast_interval", "timeout", "rise", "fall", "jitter")
@@ -575,70 +567,3 @@ _SECTIONS: dict[str, type[_Model]] = {
     "metrics": MetricsConfig,
     "bgp": BgpConfig,
 }
-
-
-# --------------------------------------------------------------------------- output
-
-
-def dump(config: Config) -> str:
-    """The effective configuration (all defaults and inheritance applied) as JSON.
-
-    Durations are float seconds, addresses and paths strings, secrets masked.
-    """
-    return json.dumps(config.model_dump(mode="json", by_alias=True), indent=2) + "\n"
-
-
-def summarize(config: Config) -> str:
-    """A one-screen description for people (``anycastd check-config``)."""
-    d = format_duration
-    g = config.global_
-    lines = [
-        f"node {g.node}: interface {g.interface}, reconcile every {d(g.reconcile_interval)}",
-        "files: " + (", ".join(str(s) for s in config.sources) or "(none)"),
-    ]
-    if config.api.enabled:
-        metrics = " with /metrics" if config.metrics.enabled else ""
-        lines.append(f"api: {config.api.listen}{metrics}")
-    else:
-        lines.append("api: disabled")
-    bgp = config.bgp
-    if bgp is None:
-        lines.append("bgp: not configured")
-    else:
-        head = [f"bgp: {bgp.mode}"]
-        if bgp.local_as is not None:
-            head.append(f"AS {bgp.local_as}")
-        if bgp.router_id is not None:
-            head.append(f"router-id {bgp.router_id}")
-        head.append(f"next-hop {bgp.next_hop}")
-        lines.append(", ".join(head))
-        for n in bgp.neighbors:
-            local = f" from {n.local_address}" if n.local_address else ""
-            lines.append(
-                f"  neighbor {n.name}: {n.address} AS {n.peer_as}{local}, "
-                f"hold {d(n.hold_time)}, {', '.join(n.families)}"
-            )
-    lines.append(f"services: {len(config.services)}")
-    for name, s in sorted(config.services.items()):
-        state = " (disabled)" if s.disabled else ""
-        source = config.service_sources.get(name)
-        lines.append(
-            f"  {name}{state}: {', '.join(str(p) for p in s.prefixes)}; "
-            f"{len(s.checks)} check{'s' if len(s.checks) != 1 else ''} "
-            f"({', '.join(c.type for c in s.checks) or '-'}), policy {s.policy}"
-            + (f"; from {source.name}" if source else "")
-        )
-        if s.ipvs is not None:
-            v = s.ipvs
-            what = f"fwmark {v.fwmark}" if v.protocol == "fwmark" else f"{v.protocol}/{v.port}"
-            modes = ",".join(sorted({rs.forwarding for rs in v.real_servers}))
-            lines.append(
-                f"    ipvs {what} {v.scheduler}: {len(v.real_servers)} real servers ({modes}), "
-                f"min healthy {v.min_healthy}"
-            )
-        if s.damping is not None:
-            lines.append(
-                f"    damping: suppress {s.damping.suppress}, reuse {s.damping.reuse}, "
-                f"half-life {d(s.damping.half_life)}"
-            )
-    return "\n".join(lines) + "\n"
