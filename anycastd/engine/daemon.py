@@ -70,13 +70,14 @@ from anycastd.engine.backends import Backends
 from anycastd.engine.controller import WITHDRAW_SETTLE, Controller, settled
 from anycastd.engine.probes import check_spec
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
+from anycastd.engine.status import daemon_status
 from anycastd.engine.world import World, WorldFactory, bgp_settings, build_world
 from anycastd.errors import StartupError
 from anycastd.observe.api import ApiServer, FlagKind, create_app
 from anycastd.observe.logs import configure as configure_logging
 from anycastd.observe.logs import event
 from anycastd.observe.metrics import Metrics
-from anycastd.observe.status import PeerTracker, build_status
+from anycastd.observe.status import PeerTracker
 from anycastd.observe.systemd import Notifier
 
 log = logging.getLogger("anycastd")
@@ -355,43 +356,11 @@ class Daemon:
     # ---- status API callbacks
 
     def status(self) -> dict[str, object]:
-        now = self.clock.now()
-        extra: dict[str, object] = {}
-        announced: dict[str, list[str]] | None = None
-        if self.config.bgp is not None:
-            extra["bgp"] = self.peers.section(now)
-        ctl = self.controller
-        method = self._published()
-        if method == "none":
-            # nothing speaks for this node: whatever the controller remembers, it is not
-            # announced anywhere
-            announced = {name: [] for name in self.config.services}
-        elif ctl is not None and ctl.last_observed is not None:
-            routes = {r.prefix for r in ctl.last_observed.announced}
-            announced = {
-                name: sorted(str(p) for p in svc.prefixes if str(p) in routes)
-                for name, svc in self.config.services.items()
-            }
-        if ctl is not None and ctl.last_plan is not None and ctl.last_observed is not None:
-            extra["prefixes"] = dict(ctl.last_plan.phases)
-        if self.sysctl_drift:
-            extra["sysctls"] = {d.key: {"want": d.expected, "have": d.actual}
-                                for d in self.sysctl_drift}
-        rs = self._rs_health()
-        if rs:
-            extra["real_servers"] = {n: h.state.value for n, h in sorted(rs.items())}
-        return build_status(
-            self.config.global_.node, time.time(), self.scheduler.services, now,
-            extra, announced=announced,
-            published=dict.fromkeys(self.config.services, method),
+        return daemon_status(
+            self.config, services=self.scheduler.services, real_servers=self._rs_health(),
+            controller=self.controller, world=self.world, peers=self.peers,
+            sysctl_drift=self.sysctl_drift, now=self.clock.now(),
         )
-
-    def _published(self) -> str:
-        """How prefixes reach the network: ``bgp`` with a ``[bgp]`` section (a dry run
-        says ``dry-run``: planned, never sent), else ``none``. OSPF will add ``ospf``."""
-        if self.config.bgp is None:
-            return "none"
-        return "dry-run" if self.world is not None and self.world.dry_run else "bgp"
 
     def alive(self) -> bool:
         return self._sched_task is not None and not self._sched_task.done()
