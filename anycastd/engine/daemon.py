@@ -15,11 +15,6 @@ speaker -- also one the speaker reports from its own loops, a reload) stops FAIL
 every prefix withdrawn at once whatever its shutdown policy, one CRITICAL ``task_crashed``
 event with the traceback, exit 70. CancelledError always passes through.
 
-Flag files (maintenance_file, drain_file, global.maintenance_file) are never stat()ed on
-the loop: a stat on a hung mount would freeze it, stop the watchdog pings and let systemd
-restart anycastd with its ExaBGP. One worker thread at a time reads them; the loop (and an
-API flag change) uses the last values read.
-
 Reload (SIGHUP): the new config is validated first; an invalid one is logged with every
 problem and the old one keeps running. A valid one replaces the scheduler; services whose
 config is unchanged keep their health value exactly (counters, damping), changed services
@@ -32,19 +27,14 @@ a rename is not a withdraw.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import json
 import logging
-import os
 import signal
-import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from anycastd.actuators import sysctl
 from anycastd.actuators.errors import ActuatorError
@@ -68,6 +58,7 @@ from anycastd.core.health import (
 )
 from anycastd.engine.backends import Backends
 from anycastd.engine.controller import WITHDRAW_SETTLE, Controller, settled
+from anycastd.engine.flags import ApiFlags, OperatorFlags
 from anycastd.engine.probes import check_spec
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
 from anycastd.engine.status import daemon_status
@@ -81,7 +72,6 @@ from anycastd.observe.status import PeerTracker
 from anycastd.observe.systemd import Notifier
 
 log = logging.getLogger("anycastd")
-_T = TypeVar("_T")
 
 #: [global] keys read once at start: a reload that changes them says so.
 RESTART_ONLY = ("state_dir", "runtime_dir", "log_format", "log_level",
@@ -90,15 +80,9 @@ RESTART_ONLY = ("state_dir", "runtime_dir", "log_format", "log_level",
 #: After the kernel event socket failed: how long before a new one is opened.
 LINK_WATCH_RETRY = 5.0
 
-#: How often maintenance/drain flag files are looked at. A stat() per file: cheap.
-FLAG_POLL_INTERVAL = 1.0
 #: The exit code after a crash (sysexits EX_SOFTWARE): an internal error, reported as one
 #: CRITICAL ``task_crashed`` log event with its traceback, after a fail-closed stop.
 EXIT_CRASHED = 70
-
-#: A flag-file read that has not returned after this long is stuck (a hung NFS mount): it
-#: is logged and the previous flag values stand until a read completes again.
-FLAG_READ_TIMEOUT = 2.0
 
 
 def service_params(svc: ServiceConfig) -> ServiceParams:
@@ -183,12 +167,6 @@ def log_events(events: Sequence[Event]) -> None:
             event(log, "damping_reuse", service=ev.service)
 
 
-@dataclass
-class _Flags:
-    maintenance: bool = False
-    draining: bool = False
-
-
 def freeze_heap() -> None:
     """Move what start-up (or a reload) built into the GC's permanent generation.
 
@@ -260,22 +238,13 @@ class Daemon:
         self.world: World | None = None
         self.controller: Controller | None = None
         self.peers = PeerTracker()
-        # Operator flags set through the API; a flag file OR an API flag turns a state on.
-        self._api_flags: dict[str, _Flags] = {}
         self._wake = asyncio.Event()  # set by a stop or reload request (signal handlers)
         self._stopping = False
         self._reload_requested = False
         self.reload_ok: bool | None = None
         self.shutdown_complete: bool | None = None
         self.sysctl_drift: list[sysctl.SysctlDrift] = []
-        self._node_maint = False
-        # Flag files are read off the loop (a stat on a hung mount blocks the thread that
-        # makes it): ``_file_flags`` holds the last values read, ``_flag_read`` the read in
-        # its worker thread, if one is still running (then no second one is started).
-        self._flag_exists = flag_exists
-        self._file_flags: dict[Path, bool] = {}
-        self._flag_read: asyncio.Future[dict[Path, bool | OSError]] | None = None
-        self._flags_known = False  # a first read has completed
+        self.flags = OperatorFlags(config, lambda: self.scheduler, exists=flag_exists)
         #: the first bug that ended a task (see :meth:`crashed`); the exit code is then 70
         self.crash: BaseException | None = None
 
@@ -350,7 +319,7 @@ class Daemon:
             or not isinstance(world.speaker, ExabgpSpeaker)
             or world.speaker.synced
         )
-        return (speaker_ready and self._flags_known and settled(self.scheduler.services)
+        return (speaker_ready and self.flags.known and settled(self.scheduler.services)
                 and settled(self._rs_health()))
 
     # ---- status API callbacks
@@ -366,68 +335,7 @@ class Daemon:
         return self._sched_task is not None and not self._sched_task.done()
 
     def set_flag(self, service: str, kind: FlagKind, on: bool) -> bool:
-        if service not in self.config.services:
-            return False
-        flags = self._api_flags.setdefault(service, _Flags())
-        if kind == "maintenance":
-            flags.maintenance = on
-        else:
-            flags.draining = on
-        self._save_flags()
-        self._sync_flags()
-        return True
-
-    # Operator flags outlive the process: a node put into maintenance must not come back
-    # announcing after an upgrade, a crash or a watchdog restart.
-
-    def _flags_file(self) -> Path:
-        return Path(self.config.global_.state_dir) / "flags.json"
-
-    def _carry_flags(self, renames: Mapping[str, str], services: set[str]) -> None:
-        """API flags after a reload: a renamed service keeps its old name's flags (also in
-        flags.json), a removed service's flags go."""
-        before = dict(self._api_flags)
-        carried_over = {to: before[was] for to, was in renames.items() if was in before}
-        self._api_flags = {k: v for k, v in before.items() if k in services} | carried_over
-        if self._api_flags != before:
-            self._save_flags()
-
-    def _load_flags(self) -> None:
-        if self.world is not None and self.world.dry_run:
-            return
-        path = self._flags_file()
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            event(log, "flags_unreadable", level=logging.ERROR, path=str(path), error=str(exc))
-            return
-        for name, flags in (doc.items() if isinstance(doc, dict) else ()):
-            if name in self.config.services and isinstance(flags, dict):
-                self._api_flags[name] = _Flags(
-                    maintenance=flags.get("maintenance") is True,
-                    draining=flags.get("draining") is True,
-                )
-                event(log, "flags_restored", service=name, **flags)
-
-    def _save_flags(self) -> None:
-        if self.world is not None and self.world.dry_run:
-            return
-        path = self._flags_file()
-        doc = {
-            name: {"maintenance": f.maintenance, "draining": f.draining}
-            for name, f in sorted(self._api_flags.items())
-            if f.maintenance or f.draining
-        }
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
-            os.replace(tmp, path)
-        except OSError as exc:
-            event(log, "flags_not_saved", level=logging.ERROR, path=str(path), error=str(exc),
-                  detail="the flag holds until anycastd restarts")
+        return self.flags.set_flag(service, kind, on)
 
     async def _start_api(self) -> None:
         api = self.config.api
@@ -477,7 +385,7 @@ class Daemon:
             world.speaker.on_fatal = self._on_speaker_fatal
         if not world.dry_run:
             self._sysctls()
-        self._load_flags()
+        self.flags.load(dry_run=world.dry_run)
         ospf = sorted(n for n, s in self.config.services.items() if s.ospf is not None)
         if ospf:
             event(log, "ospf_not_implemented", level=logging.WARNING, services=ospf,
@@ -566,7 +474,7 @@ class Daemon:
             helpers = [
                 tg.create_task(guarded("real_server_scheduler", self._rs_scheduler.run()))
                 if self._rs_scheduler else None,
-                tg.create_task(guarded("flag_watcher", self._watch_flags())),
+                tg.create_task(guarded("flag_watcher", self.flags.watch())),
                 tg.create_task(guarded("watchdog", self._watchdog())),
             ]
             if world.link_events is not None:
@@ -684,9 +592,9 @@ class Daemon:
                 self._backends.specs,
                 self._backends.initial(self._rs_health(), now, renames),
             )
-        self._carry_flags(renames, set(new.services))
+        self.flags.reconfigure(new, renames)
         for to, was in sorted(renames.items()):
-            flags = self._api_flags.get(to, _Flags())
+            flags = self.flags.api.get(to, ApiFlags())
             fields: dict[str, Any] = {"from": was, "to": to}  # "from" is a keyword
             event(log, "reload_carried", state=health[to].state.value,
                   real_servers=sum(1 for k in self._backends.keys.values() if k[0] == to),
@@ -717,81 +625,6 @@ class Daemon:
               problems=problems, detail=detail)
         self.notifier.ready("reload rejected; running the previous config")
 
-    async def _watch_flags(self) -> None:
-        while True:
-            await self._read_flag_files()
-            self._sync_flags()
-            await asyncio.sleep(FLAG_POLL_INTERVAL)
-
-    def _flag_paths(self) -> list[Path]:
-        paths = [self.config.global_.maintenance_file]
-        for svc in self.config.services.values():
-            paths += [svc.maintenance_file, svc.drain_file]
-        return sorted({p for p in paths if p is not None})
-
-    async def _read_flag_files(self) -> None:
-        """Stat every flag file in a worker thread and remember the answers. While an
-        earlier read is still stuck no other one starts (a hung mount would otherwise
-        pile up a thread a second); the previous values stand meanwhile."""
-        if self._flag_read is not None and not self._flag_read.done():
-            return  # still stuck: logged when it timed out
-        paths, exists = self._flag_paths(), self._flag_exists
-
-        def read() -> dict[Path, bool | OSError]:
-            out: dict[Path, bool | OSError] = {}
-            for path in paths:
-                try:
-                    out[path] = exists(path)
-                except OSError as exc:
-                    out[path] = exc
-            return out
-
-        self._flag_read = read_in_thread(read, "anycastd-flags")
-        try:
-            async with asyncio.timeout(FLAG_READ_TIMEOUT):
-                result = await asyncio.shield(self._flag_read)
-        except TimeoutError:
-            event(log, "flag_files_stuck", level=logging.WARNING, timeout=FLAG_READ_TIMEOUT,
-                  paths=[str(p) for p in paths],
-                  detail="a flag file stat() has not returned (a hung mount?); keeping the "
-                  "previous maintenance/drain values until it does")
-            return
-        for path, value in result.items():
-            if isinstance(value, OSError):
-                # EACCES, EIO, a stale mount: the previous value stands
-                event(log, "flag_file_unreadable", level=logging.WARNING, path=str(path),
-                      error=str(value), keeping=self._file_flags.get(path))
-            else:
-                self._file_flags[path] = value
-        self._flags_known = True
-
-    def _flag_file(self, path: Path | None, previous: bool) -> bool:
-        """Whether a flag file exists, as last read (never a stat on the loop); a file not
-        read yet (or never readable) keeps ``previous``."""
-        if path is None:
-            return False
-        return self._file_flags.get(path, previous)
-
-    def _sync_flags(self) -> None:
-        """Maintenance and drain: per-service files, API flags, the node maintenance file."""
-        node_maint = self._flag_file(self.config.global_.maintenance_file, self._node_maint)
-        self._node_maint = node_maint
-        for name, svc in self.config.services.items():
-            api = self._api_flags.get(name, _Flags())
-            have = self.scheduler.health(name)
-            own_file = self._flag_file(svc.maintenance_file, have.maintenance)
-            maintenance = node_maint or own_file or api.maintenance
-            draining = api.draining or self._flag_file(svc.drain_file, have.draining)
-            if maintenance != have.maintenance:
-                why = ("node maintenance file present" if node_maint
-                       else "maintenance file present" if own_file
-                       else "maintenance set through the API" if api.maintenance
-                       else "maintenance")
-                self.scheduler.set_maintenance(name, maintenance, why)
-            if draining != have.draining:
-                why = "drain set through the API" if api.draining else "drain file present"
-                self.scheduler.set_draining(name, draining, why)
-
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()
         if interval is None:
@@ -805,34 +638,6 @@ class Daemon:
                 event(log, "watchdog_withheld", level=logging.ERROR,
                       detail="a reconcile pass is stuck; letting systemd restart anycastd")
             await asyncio.sleep(interval)
-
-
-def read_in_thread(fn: Callable[[], _T], name: str) -> asyncio.Future[_T]:
-    """``fn()`` in a new daemon thread; its result (or exception) on the returned future.
-
-    Not an executor: a pool's threads are joined at interpreter exit, so a call hung in the
-    kernel (a stat on a dead NFS mount) would keep anycastd from ever exiting."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[_T] = loop.create_future()
-
-    def deliver(value: _T | None, exc: BaseException | None) -> None:
-        if fut.done():  # nobody waits any more (cancelled)
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)  # type: ignore[arg-type]  # None only with exc set
-
-    def work() -> None:
-        try:
-            value, exc = fn(), None
-        except BaseException as e:  # handed to the loop, which re-raises it
-            value, exc = None, e
-        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
-            loop.call_soon_threadsafe(deliver, value, exc)
-
-    threading.Thread(target=work, name=name, daemon=True).start()
-    return fut
 
 
 async def run_daemon(
