@@ -1,4 +1,7 @@
-"""``anycastd run``: the daemon's asyncio shell.
+"""``anycastd run``: the daemon's asyncio shell, its lifecycle from start to exit code.
+
+Rule: every task belongs to the one TaskGroup :meth:`Daemon.run` owns; a bug in any of
+them stops fail-closed (exit 70).
 
 Owns the process lifecycle: signals are events (a handler only sets a flag; this module does
 the ordered work), every task lives in one TaskGroup owned by :func:`run_daemon`. The health
@@ -15,54 +18,41 @@ speaker -- also one the speaker reports from its own loops, a reload) stops FAIL
 every prefix withdrawn at once whatever its shutdown policy, one CRITICAL ``task_crashed``
 event with the traceback, exit 70. CancelledError always passes through.
 
-Reload (SIGHUP): the new config is validated first; an invalid one is logged with every
-problem and the old one keeps running. A valid one replaces the scheduler; services whose
-config is unchanged keep their health value exactly (counters, damping), changed services
-are ``reconfigure``d (checks kept by name keep their counters), new ones start fresh. A
-service's identity is its prefixes and checks, not its name: a renamed service keeps its
-health, its real servers' health and its operator flags (``reload_carried`` in the log), so
-a rename is not a withdraw.
+The other rooms: reload (SIGHUP) in ``engine.reload``, operator flags (API, flag files,
+flags.json) in ``engine.flags``, the ``/status`` document in ``engine.status``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from anycastd.actuators import sysctl
 from anycastd.actuators.errors import ActuatorError
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
-from anycastd.config import Config, ConfigError, ServiceConfig, load_config
+from anycastd.config import Config
 from anycastd.core.health import (
-    CheckParams,
-    CheckState,
     CheckTransition,
-    DampingParams,
     Event,
     Flapped,
-    Policy,
     Reused,
     ServiceHealth,
-    ServiceParams,
     ServiceState,
     ServiceTransition,
-    carried,
 )
 from anycastd.engine.backends import Backends
 from anycastd.engine.controller import WITHDRAW_SETTLE, Controller, settled
-from anycastd.engine.flags import ApiFlags, OperatorFlags
-from anycastd.engine.probes import check_spec
+from anycastd.engine.flags import OperatorFlags
+from anycastd.engine.reload import carry_over, check_specs, freeze_heap, reload
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
 from anycastd.engine.status import daemon_status
-from anycastd.engine.world import World, WorldFactory, bgp_settings, build_world
+from anycastd.engine.world import World, WorldFactory, build_world
 from anycastd.errors import StartupError
 from anycastd.observe.api import ApiServer, FlagKind, create_app
 from anycastd.observe.logs import configure as configure_logging
@@ -73,82 +63,12 @@ from anycastd.observe.systemd import Notifier
 
 log = logging.getLogger("anycastd")
 
-#: [global] keys read once at start: a reload that changes them says so.
-RESTART_ONLY = ("state_dir", "runtime_dir", "log_format", "log_level",
-                "max_concurrent_checks", "manage_sysctls")
-
 #: After the kernel event socket failed: how long before a new one is opened.
 LINK_WATCH_RETRY = 5.0
 
 #: The exit code after a crash (sysexits EX_SOFTWARE): an internal error, reported as one
 #: CRITICAL ``task_crashed`` log event with its traceback, after a fail-closed stop.
 EXIT_CRASHED = 70
-
-
-def service_params(svc: ServiceConfig) -> ServiceParams:
-    damping = None
-    if svc.damping is not None:
-        d = svc.damping
-        damping = DampingParams(
-            penalty=d.penalty,
-            half_life=d.half_life,
-            suppress=d.suppress,
-            reuse=d.reuse,
-            max_suppress=d.max_suppress,
-        )
-    return ServiceParams(
-        name=svc.name,
-        checks=tuple(CheckParams(c.name, rise=c.rise, fall=c.fall) for c in svc.checks),
-        policy=Policy.parse(svc.policy),
-        start_state=CheckState.UP if svc.start_state == "up" else CheckState.DOWN,
-        damping=damping,
-        disabled=svc.disabled,
-    )
-
-
-def check_specs(svc: ServiceConfig) -> list[CheckSpec]:
-    return [check_spec(svc.name, c) for c in svc.checks]
-
-
-def renamed(old_config: Config | None, new_config: Config) -> dict[str, str]:
-    """New name -> old name of every service a reload renamed.
-
-    A service's identity is what it publishes and how its health is told: its prefixes and
-    its checks, not its name. A name that appears takes over the health of a name that went
-    away when both have the same identity; a match that is not one to one carries nothing
-    (there is no telling which health is whose)."""
-    if old_config is None:
-        return {}
-    old, new = old_config.services, new_config.services
-    gone = [svc for name, svc in old.items() if name not in new]
-    added = [svc for name, svc in new.items() if name not in old]
-    out: dict[str, str] = {}
-    for svc in added:
-        matches = [o for o in gone if _same_identity(o, svc)]
-        if len(matches) == 1 and sum(_same_identity(matches[0], a) for a in added) == 1:
-            out[svc.name] = matches[0].name
-    return out
-
-
-def _same_identity(a: ServiceConfig, b: ServiceConfig) -> bool:
-    return set(a.prefixes) == set(b.prefixes) and a.checks == b.checks
-
-
-def carry_over(
-    old_config: Config | None,
-    old_health: Mapping[str, ServiceHealth],
-    new_config: Config,
-    now: float,
-) -> dict[str, ServiceHealth]:
-    """The health each service of ``new_config`` starts with (see the module docstring);
-    a renamed service (:func:`renamed`) continues the health of its old name."""
-    old = old_config.services if old_config is not None else {}
-    was = renamed(old_config, new_config)
-    return {
-        name: carried(old_health.get(was.get(name, name)), service_params(svc), now,
-                      unchanged=name not in was and old.get(name) == svc)
-        for name, svc in new_config.services.items()
-    }
 
 
 def log_events(events: Sequence[Event]) -> None:
@@ -165,16 +85,6 @@ def log_events(events: Sequence[Event]) -> None:
                   penalty=round(ev.penalty, 1), suppressed=ev.suppressed_until is not None)
         elif isinstance(ev, Reused):
             event(log, "damping_reuse", service=ev.service)
-
-
-def freeze_heap() -> None:
-    """Move what start-up (or a reload) built into the GC's permanent generation.
-
-    The config, probes and health values live for the daemon's life; once frozen, full GC
-    passes stop walking them. Without it a full pass stalled the loop by 100-230 ms at
-    10,000 checks; with it p99 lateness stayed under 6 ms (bench/README_checks.md)."""
-    gc.collect()
-    gc.freeze()
 
 
 def startup_hold(config: Config) -> float:
@@ -231,8 +141,9 @@ class Daemon:
         self._observers = [*observers, self.metrics.observe_events]
         self._world_factory = world_factory
         self._scheduler: Scheduler | None = None
-        self._rs_scheduler: Scheduler | None = None
-        self._backends = Backends(config)
+        # config, rs_scheduler and backends are replaced by a reload (``engine.reload``)
+        self.rs_scheduler: Scheduler | None = None
+        self.backends = Backends(config)
         self._sched_task: asyncio.Task[None] | None = None
         self._api: ApiServer | None = None
         self.world: World | None = None
@@ -301,14 +212,14 @@ class Daemon:
         """Services whose own checks fail, whatever their state (maintenance, drain)."""
         return frozenset(n for n, h in self.scheduler.services.items() if not h.policy_up)
 
-    def _specs(self) -> list[CheckSpec]:
+    def specs(self) -> list[CheckSpec]:
         return [spec for svc in self.config.services.values() for spec in check_specs(svc)]
 
     def _states(self) -> dict[str, ServiceState]:
         return {name: h.state for name, h in self.scheduler.services.items()}
 
-    def _rs_health(self) -> Mapping[str, ServiceHealth]:
-        return self._rs_scheduler.services if self._rs_scheduler is not None else {}
+    def rs_health(self) -> Mapping[str, ServiceHealth]:
+        return self.rs_scheduler.services if self.rs_scheduler is not None else {}
 
     def _ready(self) -> bool:
         # With BGP, the first pass also waits (within the startup hold) for the relay to
@@ -320,13 +231,13 @@ class Daemon:
             or world.speaker.synced
         )
         return (speaker_ready and self.flags.known and settled(self.scheduler.services)
-                and settled(self._rs_health()))
+                and settled(self.rs_health()))
 
     # ---- status API callbacks
 
     def status(self) -> dict[str, object]:
         return daemon_status(
-            self.config, services=self.scheduler.services, real_servers=self._rs_health(),
+            self.config, services=self.scheduler.services, real_servers=self.rs_health(),
             controller=self.controller, world=self.world, peers=self.peers,
             sysctl_drift=self.sysctl_drift, now=self.clock.now(),
         )
@@ -362,11 +273,11 @@ class Daemon:
         health = carry_over(None, {}, self.config, now)
         max_concurrent = self.config.global_.max_concurrent_checks
         self._scheduler = Scheduler(
-            self._specs(), health, clock=self.clock, max_concurrent=max_concurrent,
+            self.specs(), health, clock=self.clock, max_concurrent=max_concurrent,
             on_events=self._on_events, on_run=self.metrics.observe_run,
         )
-        self._rs_scheduler = Scheduler(
-            self._backends.specs, self._backends.initial({}, now), clock=self.clock,
+        self.rs_scheduler = Scheduler(
+            self.backends.specs, self.backends.initial({}, now), clock=self.clock,
             max_concurrent=max_concurrent, on_events=self._on_rs_events,
             # real-server checks appear as service="SERVICE/ADDRESS:PORT"
             on_run=self.metrics.observe_run,
@@ -398,7 +309,7 @@ class Daemon:
             speaker=world.speaker,
             bgp_settings=world.bgp_settings,
             states=self._states,
-            real_servers_up=lambda: self._backends.up(self._rs_health()),
+            real_servers_up=lambda: self.backends.up(self.rs_health()),
             failing=self._failing,
             clock=self.clock,
             metrics=None if world.dry_run else self.metrics,
@@ -472,8 +383,8 @@ class Daemon:
             guarded = self._guarded
             self._sched_task = tg.create_task(guarded("scheduler", self.scheduler.run()))
             helpers = [
-                tg.create_task(guarded("real_server_scheduler", self._rs_scheduler.run()))
-                if self._rs_scheduler else None,
+                tg.create_task(guarded("real_server_scheduler", self.rs_scheduler.run()))
+                if self.rs_scheduler else None,
                 tg.create_task(guarded("flag_watcher", self.flags.watch())),
                 tg.create_task(guarded("watchdog", self._watchdog())),
             ]
@@ -498,7 +409,7 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
-                    await self._guarded("reload", self._do_reload())
+                    await self._guarded("reload", reload(self))
             self.notifier.stopping()
             limit = shutdown_limit(self.config)
             fail_closed = self.crash is not None
@@ -543,87 +454,6 @@ class Daemon:
     async def _stop_after(self, duration: float) -> None:
         await asyncio.sleep(duration)
         self.request_stop()
-
-    async def _do_reload(self) -> None:
-        self.notifier.reloading()
-        path = self.config_path
-        if path is None:  # a config built in memory (demo, tests) has nothing to re-read
-            self.notifier.ready()
-            return
-        try:
-            new = load_config(path)
-        except ConfigError as exc:
-            self._reject(path, len(exc.issues), str(exc))
-            return
-        world = self.world
-        had_ipvs = world is not None and world.ipvs is not None
-        wants_ipvs = any(s.ipvs is not None for s in new.services.values())
-        if (new.bgp is None) != (self.config.bgp is None) or (
-            new.global_.interface != self.config.global_.interface
-        ) or (wants_ipvs and not had_ipvs):
-            self._reject(path, 1, "adding or removing [bgp], the first [ipvs] service, or "
-                         "changing global.interface needs a restart")
-            return
-        if world is not None and isinstance(world.speaker, ExabgpSpeaker) and new.bgp:
-            settings = bgp_settings(new.bgp)
-            try:
-                await world.speaker.update_settings(settings)
-            except ActuatorError as exc:
-                self._reject(path, 1, f"[bgp]: {exc.message}")
-                return
-            world.bgp_settings = settings
-            if self.controller is not None:
-                self.controller.bgp_settings = settings
-        changed = sorted(
-            n for n in set(new.services) | set(self.config.services)
-            if new.services.get(n) != self.config.services.get(n)
-        )
-        now = self.clock.now()
-        renames = renamed(self.config, new)
-        health = carry_over(self.config, self.scheduler.services, new, now)
-        old_config, self.config = self.config, new
-        self.scheduler.reload(self._specs(), health)
-        backends = Backends(new)
-        for name in set(self._backends.keys) - set(backends.keys):
-            self.metrics.forget_service(name)  # a removed real server's check series
-        self._backends = backends
-        if self._rs_scheduler is not None:
-            self._rs_scheduler.reload(
-                self._backends.specs,
-                self._backends.initial(self._rs_health(), now, renames),
-            )
-        self.flags.reconfigure(new, renames)
-        for to, was in sorted(renames.items()):
-            flags = self.flags.api.get(to, ApiFlags())
-            fields: dict[str, Any] = {"from": was, "to": to}  # "from" is a keyword
-            event(log, "reload_carried", state=health[to].state.value,
-                  real_servers=sum(1 for k in self._backends.keys.values() if k[0] == to),
-                  maintenance=flags.maintenance, draining=flags.draining,
-                  detail="same prefixes and checks: health and operator flags carried over",
-                  **fields)
-        self.metrics.sync(health)
-        self.metrics.reload(True, time.time())
-        self.reload_ok = True
-        if self.controller is not None:
-            self.controller.reconfigure(new)
-        stale = [f"global.{k}" for k in RESTART_ONLY
-                 if getattr(new.global_, k) != getattr(old_config.global_, k)]
-        if new.api != old_config.api or new.metrics != old_config.metrics:
-            stale.append("[api]/[metrics]")
-        if stale:
-            event(log, "reload_needs_restart", level=logging.WARNING, keys=stale,
-                  detail="accepted, but these take effect at the next restart")
-        freeze_heap()
-        event(log, "reloaded", config=str(path), changed=changed,
-              unchanged=len(new.services) - len([n for n in changed if n in new.services]))
-        self.notifier.ready(f"{len(new.services)} services")
-
-    def _reject(self, path: Path, problems: int, detail: str) -> None:
-        self.reload_ok = False
-        self.metrics.reload(False, time.time())
-        event(log, "reload_rejected", level=logging.ERROR, config=str(path),
-              problems=problems, detail=detail)
-        self.notifier.ready("reload rejected; running the previous config")
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from anycastd.config import loads
 from anycastd.core.health import ServiceState
-from anycastd.engine.daemon import carry_over, renamed
+from anycastd.engine.reload import carry_over, renamed
 
 BASE = """
 [api]
