@@ -19,11 +19,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from anycastd import __version__
-from anycastd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigNotFound
+from anycastd.config import DEFAULT_CONFIG_PATH, ConfigError, ConfigNotFound
 from anycastd.errors import StartupError
+
+if TYPE_CHECKING:  # the schema (pydantic) loads only when a command reads the config
+    from anycastd.config import Config
 
 EX_OK = 0
 EX_UNHEALTHY = 1

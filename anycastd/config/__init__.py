@@ -19,34 +19,44 @@ Models are frozen and hashable: two loads of an unchanged service compare equal,
 how a reload finds the services it must leave alone.
 """
 
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from anycastd.config.errors import ConfigError, ConfigIssue, ConfigNotFound
-from anycastd.config.files import DEFAULT_CONFIG_PATH, load_config, loads
-from anycastd.config.render import dump, summarize
-from anycastd.config.schema import (
-    CHECK_TYPES,
-    ApiConfig,
-    BgpConfig,
-    BgpNeighbor,
-    BgpStateAttrs,
-    Check,
-    Config,
-    Damping,
-    DnsCheck,
-    ExecCheck,
-    FileCheck,
-    GlobalConfig,
-    HttpCheck,
-    HttpsCheck,
-    IpvsConfig,
-    MetricsConfig,
-    OspfConfig,
-    OspfMetric,
-    RealServer,
-    ServiceBgp,
-    ServiceConfig,
-    TcpCheck,
-    TlsCheck,
-)
+
+if TYPE_CHECKING:
+    from anycastd.config.files import load_config, loads
+    from anycastd.config.render import dump, summarize
+    from anycastd.config.schema import (
+        CHECK_TYPES,
+        ApiConfig,
+        BgpConfig,
+        BgpNeighbor,
+        BgpStateAttrs,
+        Check,
+        Config,
+        Damping,
+        DnsCheck,
+        ExecCheck,
+        FileCheck,
+        GlobalConfig,
+        HttpCheck,
+        HttpsCheck,
+        IpvsConfig,
+        MetricsConfig,
+        OspfConfig,
+        OspfMetric,
+        RealServer,
+        ServiceBgp,
+        ServiceConfig,
+        TcpCheck,
+        TlsCheck,
+    )
+
+# Where the CLI looks without -c. Defined here, not in files.py, so that reading it (and
+# catching ConfigError) does not load the schema.
+DEFAULT_CONFIG_PATH = Path("/etc/anycastd/anycastd.toml")
 
 __all__ = [
     "CHECK_TYPES",
@@ -81,3 +91,45 @@ __all__ = [
     "loads",
     "summarize",
 ]
+
+# The schema costs ~0.1 s to import (pydantic, dnspython): the names that need it load on
+# first use, so `anycastd --version` and the CLI's error handling never pay for it.
+_LAZY = {
+    "load_config": "files",
+    "loads": "files",
+    "dump": "render",
+    "summarize": "render",
+    "CHECK_TYPES": "schema",
+    "ApiConfig": "schema",
+    "BgpConfig": "schema",
+    "BgpNeighbor": "schema",
+    "BgpStateAttrs": "schema",
+    "Check": "schema",
+    "Config": "schema",
+    "Damping": "schema",
+    "DnsCheck": "schema",
+    "ExecCheck": "schema",
+    "FileCheck": "schema",
+    "GlobalConfig": "schema",
+    "HttpCheck": "schema",
+    "HttpsCheck": "schema",
+    "IpvsConfig": "schema",
+    "MetricsConfig": "schema",
+    "OspfConfig": "schema",
+    "OspfMetric": "schema",
+    "RealServer": "schema",
+    "ServiceBgp": "schema",
+    "ServiceConfig": "schema",
+    "TcpCheck": "schema",
+    "TlsCheck": "schema",
+}
+
+if not TYPE_CHECKING:  # mypy reads the imports above; a typo stays a type error
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value

@@ -28,7 +28,6 @@ from anycastd.config.schema import (
     ServiceConfig,
 )
 
-DEFAULT_CONFIG_PATH = Path("/etc/anycastd/anycastd.toml")
 DROPIN_DIR = "conf.d"
 
 
