@@ -123,8 +123,9 @@ def summary(name: str, values: list[float]) -> dict[str, float]:
 
 def main() -> None:
     sys.path.insert(0, str(REPO))  # the repo root: anycastd and tests.* (run as a script)
-    from anycastd.actuators.exabgp import BgpSettings, Neighbor, Route
-    from anycastd.bgp.plan import plan, resolve
+    from anycastd.bgp.commands import diff_rib
+    from anycastd.core.rib import resolve
+    from anycastd.model import BgpSettings, Neighbor, Route
     from anycastd.testing.frr import FrrPeer
     from anycastd.testing.netns import Netns, veth, wait_for
     from tests.integration.bgp_support import EXABGP, SpeakerDriver
@@ -223,9 +224,9 @@ def main() -> None:
         bulk_routes = [Route(f"10.{64 + i // 65536}.{i // 256 % 256}.{i % 256}/32")
                        for i in range(args.bulk)]
         announce = _write(work / "bulk.cmds", [
-            c.text for c in plan(resolve(bulk_routes, settings), {}, 65001)])
+            c.text for c in diff_rib(resolve(bulk_routes, settings), {}, 65001)])
         withdraw = _write(work / "withdraw.cmds", [
-            c.text for c in plan({}, resolve(bulk_routes, settings), 65001)])
+            c.text for c in diff_rib({}, resolve(bulk_routes, settings), 65001)])
         bulk_a: list[dict[str, float]] = []
         bulk_b: list[dict[str, float]] = []
         for _ in range(args.rounds):

@@ -20,13 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from anycastd.actuators.ipvs import (
-    IpvsNetlink,
-    RealServer,
-    ServiceSpec,
-    VirtualService,
-    plan,
-)
+from anycastd.actuators.ipvs import IpvsNetlink
+from anycastd.core.ipvs import diff_ipvs
+from anycastd.model import RealServer, ServiceSpec, VirtualService
 
 
 def desired(n: int, weight: int = 100) -> dict[VirtualService, ServiceSpec]:
@@ -44,7 +40,7 @@ def phase(name: str, act: IpvsNetlink, want: dict[VirtualService, ServiceSpec]) 
     t0 = time.perf_counter()
     observed = act.observe()
     t1 = time.perf_counter()
-    actions = plan(want, observed, act.owned())
+    actions = diff_ipvs(want, observed, act.owned())
     t2 = time.perf_counter()
     w0 = act.writes
     act.apply(actions)

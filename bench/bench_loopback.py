@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from anycastd.actuators.loopback import HostAddress, NetlinkLoopback, plan
+from anycastd.actuators.loopback import NetlinkLoopback
+from anycastd.core.addresses import diff_addresses
+from anycastd.model import HostAddress
 from anycastd.testing.netns import netns
 
 T = TypeVar("T")
@@ -51,7 +53,7 @@ def addresses(count: int, family: str) -> set[HostAddress]:
 def one_pass(lo: NetlinkLoopback, desired: set[HostAddress]) -> dict[str, float]:
     writes_before = lo.writes
     observed, t_observe = timed(lo.observe)
-    actions, t_plan = timed(lambda: plan(desired, observed))
+    actions, t_plan = timed(lambda: diff_addresses(desired, observed))
     _, t_apply = timed(lambda: lo.apply(actions))
     return {
         "observe": t_observe,

@@ -7,16 +7,18 @@ task, and calls ``set_routes()`` with the routes the current health verdicts wan
 from __future__ import annotations
 
 from anycastd.bgp.client import CommandError
-from anycastd.bgp.model import (
+from anycastd.bgp.commands import render_config
+from anycastd.bgp.speaker import ExabgpSpeaker, PeerState, Speaker, default_relay_argv
+from anycastd.core.rib import PlanError
+from anycastd.model import (
     GRACEFUL_SHUTDOWN,
     WELL_KNOWN_COMMUNITIES,
     Attributes,
     BgpSettings,
     Neighbor,
+    ResolvedAttributes,
     Route,
 )
-from anycastd.bgp.plan import PlanError, ResolvedAttributes, render_config
-from anycastd.bgp.speaker import ExabgpSpeaker, PeerState, Speaker, default_relay_argv
 
 __all__ = [
     "GRACEFUL_SHUTDOWN",

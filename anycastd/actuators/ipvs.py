@@ -1,24 +1,10 @@
 """IPVS actuator: virtual services and their real servers, kept equal to the desired state.
 
-Rule: this module is the only writer to the IPVS netlink family. ``plan`` is pure (no I/O,
-no clock); ``IpvsNetlink.observe``/``apply`` do the netlink I/O, synchronously (the
-controller runs them in a worker thread). No pyroute2 exception leaves this module: errors
-become :class:`TransientError`/:class:`PermanentError` at the ``apply``/``observe`` boundary.
-
-Theory of operation
--------------------
-A virtual service is identified by its key, :class:`VirtualService` (protocol + address +
-port, or fwmark + family). ``plan(desired, observed, owned)`` diffs the whole table and
-returns the fewest netlink writes that make the kernel equal to ``desired``:
-
-* a missing service: ``AddService`` then one ``AddRealServer`` per real server;
-* scheduler or persistence changed: one ``EditService`` (netlink "set", in place: the
-  service and its connections survive);
-* a real server's weight or forwarding method changed: one ``EditRealServer`` ("set");
-* a real server no longer desired: ``DeleteRealServer``;
-* an owned service no longer desired: one ``DeleteService`` (the kernel drops its real
-  servers with it; no per-server deletes);
-* a converged table plans nothing, so a steady state makes no netlink writes.
+Rule: the only writer to the IPVS netlink family. ``IpvsNetlink.observe``/``apply`` do the
+netlink I/O, synchronously (the controller runs them in a worker thread). No pyroute2
+exception leaves this module: errors become :class:`TransientError`/:class:`PermanentError`
+at the ``apply``/``observe`` boundary. The values are in :mod:`anycastd.model`; the pure diff
+is :func:`anycastd.core.ipvs.diff_ipvs` (its theory of operation is there).
 
 Draining is weight 0: the scheduler sends no new connections to the server while the
 existing ones finish; ``IpvsObserved`` carries the active/inactive connection counts the
@@ -34,8 +20,8 @@ so a crash can leave at most a recorded-but-absent entry (harmless), never an un
 service of ours. After a restart with a service removed
 from the config, the record still names it, so the first pass deletes it (stale owned
 entry). A service neither declared nor recorded is foreign: observed and reported
-(:func:`foreign`), never edited or deleted. A foreign service whose key the config later
-declares is adopted: from then on it is ours (the operator asked for it in the config).
+(:func:`anycastd.core.ipvs.foreign`), never edited or deleted. A foreign service whose key the
+config later declares is adopted: from then on it is ours (the operator asked for it in the config).
 Real servers of an owned service are all managed: the config is the whole truth for it.
 
 pyroute2 0.9.7 pitfalls handled here (see PLATFORM.md): "update" maps to DELETE, so edits use
@@ -47,46 +33,43 @@ prefix length in host byte order (sent as the ip4addr "128.0.0.0").
 from __future__ import annotations
 
 import errno
-import ipaddress
 import json
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from anycastd.actuators.errors import ActuatorError, PermanentError
 from anycastd.actuators.netlink import map_netlink_errors
+from anycastd.model import (
+    AddRealServer,
+    AddService,
+    DeleteRealServer,
+    DeleteService,
+    EditRealServer,
+    EditService,
+    Forwarding,
+    IpvsAction,
+    IpvsObserved,
+    ObservedRealServer,
+    ObservedService,
+    RealServer,
+    ServiceProtocol,
+    ServiceSpec,
+    VirtualService,
+)
 
 __all__ = [
     "ACTUATOR",
     "SCHEDULERS",
-    "Action",
-    "AddRealServer",
-    "AddService",
-    "DeleteRealServer",
-    "DeleteService",
-    "EditRealServer",
-    "EditService",
     "IpvsActuator",
     "IpvsNetlink",
-    "IpvsObserved",
-    "ObservedRealServer",
-    "ObservedService",
     "OwnershipFile",
-    "RealServer",
-    "ServiceSpec",
-    "VirtualService",
-    "foreign",
-    "plan",
 ]
 
 ACTUATOR = "ipvs"
-
-Forwarding = Literal["nat", "dr", "tunnel"]
-ServiceProtocol = Literal["tcp", "udp", "fwmark"]
 
 SCHEDULERS = frozenset({"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh"})
 
@@ -96,261 +79,6 @@ _FWD_FROM_KERNEL: dict[int, Forwarding] = {0: "nat", 2: "tunnel", 3: "dr"}
 _PROTO_TO_KERNEL: dict[str, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _SVC_F_PERSISTENT = 0x0001
 _FWD_MASK = 0x0007
-
-
-def _canonical_ip(address: str) -> tuple[str, int]:
-    ip = ipaddress.ip_address(address)
-    return str(ip), ip.version
-
-
-@dataclass(frozen=True, order=True)
-class VirtualService:
-    """The key of a virtual service: ``protocol`` tcp|udp with ``address`` and ``port``, or
-    ``protocol="fwmark"`` with ``fwmark`` (> 0) and ``family`` (4 or 6).
-
-    Addresses are stored canonical (``2001:DB8::1`` becomes ``2001:db8::1``), so keys built
-    from config and keys read from the kernel compare equal.
-    """
-
-    protocol: ServiceProtocol
-    address: str = ""
-    port: int = 0
-    fwmark: int = 0
-    family: Literal[4, 6] = 4
-
-    def __post_init__(self) -> None:
-        if self.protocol == "fwmark":
-            if not 0 < self.fwmark < 2**32:
-                raise ValueError(f"fwmark must be 1..2^32-1, not {self.fwmark}")
-            if self.address or self.port:
-                raise ValueError("a fwmark service has no address or port")
-            if self.family not in (4, 6):
-                raise ValueError(f"family must be 4 or 6, not {self.family}")
-            return
-        if self.protocol not in _PROTO_TO_KERNEL:
-            raise ValueError(f"protocol must be tcp, udp or fwmark, not {self.protocol!r}")
-        if self.fwmark:
-            raise ValueError("a tcp/udp service has no fwmark")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must be 1..65535, not {self.port}")
-        address, version = _canonical_ip(self.address)
-        object.__setattr__(self, "address", address)
-        object.__setattr__(self, "family", version)
-
-    @classmethod
-    def tcp(cls, address: str, port: int) -> VirtualService:
-        return cls("tcp", address, port)
-
-    @classmethod
-    def udp(cls, address: str, port: int) -> VirtualService:
-        return cls("udp", address, port)
-
-    @classmethod
-    def mark(cls, fwmark: int, family: Literal[4, 6] = 4) -> VirtualService:
-        return cls("fwmark", fwmark=fwmark, family=family)
-
-    def __str__(self) -> str:
-        if self.protocol == "fwmark":
-            return f"fwmark:{self.fwmark}/ipv{self.family}"
-        host = f"[{self.address}]" if self.family == 6 else self.address
-        return f"{self.protocol}:{host}:{self.port}"
-
-    def to_json(self) -> dict[str, Any]:
-        if self.protocol == "fwmark":
-            return {"protocol": "fwmark", "fwmark": self.fwmark, "family": self.family}
-        return {"protocol": self.protocol, "address": self.address, "port": self.port}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> VirtualService:
-        if data["protocol"] == "fwmark":
-            return cls.mark(int(data["fwmark"]), 6 if int(data["family"]) == 6 else 4)
-        return cls(data["protocol"], str(data["address"]), int(data["port"]))
-
-
-@dataclass(frozen=True)
-class RealServer:
-    """One real server (destination) of a virtual service; its key is (address, port)."""
-
-    address: str
-    port: int
-    weight: int = 1
-    forwarding: Forwarding = "nat"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "address", _canonical_ip(self.address)[0])
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port must be 0..65535, not {self.port}")
-        if not 0 <= self.weight <= 65535:
-            raise ValueError(f"weight must be 0..65535, not {self.weight}")
-        if self.forwarding not in _FWD_TO_KERNEL:
-            raise ValueError(f"forwarding must be nat, dr or tunnel, not {self.forwarding!r}")
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.address, self.port)
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """The desired state of one virtual service. ``persistence`` is in whole seconds
-    (0 = not persistent)."""
-
-    service: VirtualService
-    scheduler: str = "wlc"
-    persistence: int = 0
-    real_servers: tuple[RealServer, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.persistence < 0:
-            raise ValueError("persistence must be >= 0")
-        keys = [rs.key for rs in self.real_servers]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"{self.service}: duplicate real server (address, port)")
-        for rs in self.real_servers:
-            # The kernel accepts a real server of the other family only when tunnelled.
-            if rs.forwarding != "tunnel" and _canonical_ip(rs.address)[1] != self.service.family:
-                raise ValueError(
-                    f"{self.service}: real server {rs.address} is of the other address family"
-                    " (only tunnel forwarding may mix families)"
-                )
-
-
-@dataclass(frozen=True)
-class ObservedRealServer:
-    """A real server as the kernel reports it, with its connection counts."""
-
-    server: RealServer
-    active_connections: int = 0
-    inactive_connections: int = 0
-
-    @property
-    def connections(self) -> int:
-        return self.active_connections + self.inactive_connections
-
-
-@dataclass(frozen=True)
-class ObservedService:
-    service: VirtualService
-    scheduler: str
-    persistence: int
-    real_servers: tuple[ObservedRealServer, ...] = ()
-
-    def real_server(self, address: str, port: int) -> ObservedRealServer | None:
-        key = (_canonical_ip(address)[0], port)
-        for ors in self.real_servers:
-            if ors.server.key == key:
-                return ors
-        return None
-
-
-@dataclass(frozen=True)
-class IpvsObserved:
-    """The kernel's whole IPVS table (every service, owned or foreign)."""
-
-    services: Mapping[VirtualService, ObservedService] = field(default_factory=dict)
-
-    def connections(self, service: VirtualService, address: str, port: int) -> tuple[int, int]:
-        """(active, inactive) connections of a real server; (0, 0) when it is absent."""
-        svc = self.services.get(service)
-        ors = svc.real_server(address, port) if svc is not None else None
-        if ors is None:
-            return (0, 0)
-        return (ors.active_connections, ors.inactive_connections)
-
-
-# --- actions -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AddService:
-    spec: ServiceSpec  # real servers are added by their own AddRealServer actions
-
-
-@dataclass(frozen=True)
-class EditService:
-    spec: ServiceSpec
-
-
-@dataclass(frozen=True)
-class DeleteService:
-    service: VirtualService
-
-
-@dataclass(frozen=True)
-class AddRealServer:
-    service: VirtualService
-    server: RealServer
-
-
-@dataclass(frozen=True)
-class EditRealServer:
-    service: VirtualService
-    server: RealServer
-
-
-@dataclass(frozen=True)
-class DeleteRealServer:
-    service: VirtualService
-    server: RealServer
-
-
-Action = (
-    AddService | EditService | DeleteService | AddRealServer | EditRealServer | DeleteRealServer
-)
-
-
-def _service_differs(want: ServiceSpec, have: ObservedService) -> bool:
-    return want.scheduler != have.scheduler or want.persistence != have.persistence
-
-
-def plan(
-    desired: Mapping[VirtualService, ServiceSpec],
-    observed: IpvsObserved,
-    owned: Iterable[VirtualService] = (),
-) -> list[Action]:
-    """The fewest actions that make ``observed`` equal to ``desired``. Pure.
-
-    ``owned`` is the recorded ownership (:class:`OwnershipFile`); every key of ``desired``
-    is owned too. Services neither desired nor owned are never touched. Order: additions
-    and edits per service (service before its real servers), deletions of real servers,
-    then deletions of stale owned services; within each, services in key order.
-    """
-    actions: list[Action] = []
-    removals: list[Action] = []
-    for key in sorted(desired):
-        want = desired[key]
-        if want.service != key:
-            raise ValueError(f"desired[{key}] holds the spec of {want.service}")
-        have = observed.services.get(key)
-        if have is None:
-            actions.append(AddService(want))
-            actions.extend(AddRealServer(key, rs) for rs in want.real_servers)
-            continue
-        if _service_differs(want, have):
-            actions.append(EditService(want))
-        current = {ors.server.key: ors.server for ors in have.real_servers}
-        wanted = {rs.key for rs in want.real_servers}
-        for rs in want.real_servers:
-            cur = current.get(rs.key)
-            if cur is None:
-                actions.append(AddRealServer(key, rs))
-            elif cur != rs:
-                actions.append(EditRealServer(key, rs))
-        removals.extend(
-            DeleteRealServer(key, current[k]) for k in sorted(current) if k not in wanted
-        )
-    owned_set = set(owned)
-    stale = sorted(k for k in observed.services if k in owned_set and k not in desired)
-    return actions + removals + [DeleteService(k) for k in stale]
-
-
-def foreign(observed: IpvsObserved, owned: Iterable[VirtualService]) -> list[VirtualService]:
-    """Services in the kernel that anycastd does not own (reported, never touched).
-
-    Pass the recorded ownership together with the declared keys (``owned | desired.keys()``).
-    """
-    owned_set = set(owned)
-    return sorted(k for k in observed.services if k not in owned_set)
 
 
 # --- ownership record ----------------------------------------------------------------------
@@ -408,10 +136,10 @@ class IpvsActuator(Protocol):
         ...
 
     def owned(self) -> frozenset[VirtualService]:
-        """The recorded ownership (pass to ``plan`` together with the desired keys)."""
+        """The recorded ownership (pass to ``diff_ipvs`` together with the desired keys)."""
         ...
 
-    def apply(self, actions: Sequence[Action]) -> None:
+    def apply(self, actions: Sequence[IpvsAction]) -> None:
         """Perform ``actions`` in order; idempotent (adding what exists, deleting what is
         gone succeed). Stops at the first failure and raises it mapped; the next pass
         observes and re-plans."""
@@ -588,7 +316,7 @@ class IpvsNetlink:
         return IpvsObserved(services)
 
     # -- apply
-    def apply(self, actions: Sequence[Action]) -> None:
+    def apply(self, actions: Sequence[IpvsAction]) -> None:
         # Ownership: record every service about to be created first (one file write), so a
         # crash never leaves an unrecorded service of ours; forget deleted ones only after
         # they are gone (one file write at the end, also when a later action failed).
@@ -603,7 +331,7 @@ class IpvsNetlink:
             if deleted:
                 self._record(set(self.owned()) - deleted)
 
-    def _apply(self, actions: Sequence[Action], deleted: set[VirtualService]) -> None:
+    def _apply(self, actions: Sequence[IpvsAction], deleted: set[VirtualService]) -> None:
         from pyroute2 import IPVSDest, IPVSService
 
         ipvs = self._ipvs()

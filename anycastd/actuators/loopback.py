@@ -1,8 +1,9 @@
 """The loopback address actuator: anycast /32 and /128 addresses on ``lo``.
 
-Rule: this module is the only writer of anycastd's addresses. ``plan`` is pure (no I/O, no
-clock); ``NetlinkLoopback.observe``/``apply`` do the netlink I/O, synchronously, on one
-rtnetlink socket that lives as long as the actuator (``close()`` or ``with``).
+Rule: the only writer of anycastd's addresses (netlink). ``NetlinkLoopback.observe``/``apply``
+do the netlink I/O, synchronously, on one rtnetlink socket that lives as long as the actuator
+(``close()`` or ``with``). The values are in :mod:`anycastd.model`; the pure diff is
+:func:`anycastd.core.addresses.diff_addresses`.
 
 Ownership marking — how anycastd tells its addresses from an operator's
 ------------------------------------------------------------------------
@@ -24,7 +25,7 @@ Every address anycastd adds carries ``IFA_PROTO = OWNER_PROTO`` (0xac), the addr
   would look foreign (safe: never removed, reported as conflicts, but never converging), so
   ``NetlinkLoopback`` refuses to start there.
 * The kernel matches RTM_DELADDR by address and prefix length only (measured: it ignores
-  IFA_PROTO there), so the mark is checked by ``plan`` on a fresh ``observe``: an operator
+  IFA_PROTO there), so the mark is checked by ``diff_addresses`` on a fresh ``observe``: an operator
   who re-adds the very same address between our observe and our apply can lose it. That
   window is one reconcile pass; nothing narrower is offered by the kernel.
 
@@ -32,8 +33,8 @@ IPv4 addresses also get the label ``<interface>:acd`` when it fits, as a hint fo
 (``ip addr show label lo:acd``; iproute2 6.1 does not print IFA_PROTO). The label is never
 used to decide ownership: an operator's address labelled ``lo:acd`` is still foreign.
 
-A foreign address (same IP, no mark) is never removed nor claimed: ``plan`` makes no action
-for it and ``conflicts`` reports it. IPv6 addresses are added with IFA_F_NODAD so they are
+A foreign address (same IP, no mark) is never removed nor claimed: ``diff_addresses`` makes
+no action for it and ``conflicts`` reports it. IPv6 addresses are added with IFA_F_NODAD so they are
 usable at once.
 
 Every address is added with IFA_F_NOPREFIXROUTE: the kernel then installs only the local
@@ -80,29 +81,27 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Protocol, TypeAlias
+from typing import Protocol
 
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.actuators.netlink import error_for, map_netlink_errors, open_rtnetlink
+from anycastd.model import (
+    AddAddress,
+    Address,
+    AddressAction,
+    HostAddress,
+    IPAddress,
+    LoopbackObserved,
+)
 
 __all__ = [
     "ACTUATOR",
     "OWNER_PROTO",
-    "Action",
-    "AddAddress",
-    "Address",
-    "HostAddress",
     "LoopbackActuator",
-    "LoopbackObserved",
     "NetlinkLoopback",
-    "RemoveAddress",
-    "conflicts",
     "owner_label",
-    "plan",
 ]
 
 ACTUATOR = "loopback"
@@ -113,116 +112,9 @@ OWNER_PROTO = 0xAC
 #: Suffix of the IPv4 label hint (``lo:acd``); not an ownership mark.
 LABEL_SUFFIX = ":acd"
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-HostAddress: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
 
 # --------------------------------------------------------------------------------------------
-# Values and the pure planner
-
-
-@dataclass(frozen=True)
-class Address:
-    """One address on the interface as read from the kernel."""
-
-    ip: IPAddress
-    prefixlen: int
-    owned: bool
-
-    @property
-    def interface(self) -> HostAddress:
-        # Built on demand: an ip_interface costs ~30 µs, too much for 10,000 observed ones.
-        if self.ip.version == 4:
-            return ipaddress.IPv4Interface((int(self.ip), self.prefixlen))
-        return ipaddress.IPv6Interface((int(self.ip), self.prefixlen))
-
-    @property
-    def key(self) -> tuple[IPAddress, int]:
-        return (self.ip, self.prefixlen)
-
-    def __str__(self) -> str:
-        return f"{self.ip}/{self.prefixlen}{'' if self.owned else ' (foreign)'}"
-
-
-@dataclass(frozen=True)
-class LoopbackObserved:
-    """What the kernel has on ``interface`` (global-scope and host-scope alike).
-
-    ``up`` is IFF_UP, read in the same ``observe``. A down interface keeps its IPv4
-    addresses but loses its IPv6 ones (see "Link down" above): the addresses listed are what
-    the kernel holds, not what serves traffic, so the caller decides what down means.
-    """
-
-    interface: str
-    addresses: frozenset[Address]
-    up: bool = True
-
-    @cached_property
-    def owned(self) -> frozenset[HostAddress]:
-        return frozenset(a.interface for a in self.addresses if a.owned)
-
-    @cached_property
-    def foreign(self) -> frozenset[HostAddress]:
-        return frozenset(a.interface for a in self.addresses if not a.owned)
-
-
-@dataclass(frozen=True)
-class AddAddress:
-    address: HostAddress
-
-    def __str__(self) -> str:
-        return f"add {self.address}"
-
-
-@dataclass(frozen=True)
-class RemoveAddress:
-    address: HostAddress
-
-    def __str__(self) -> str:
-        return f"remove {self.address}"
-
-
-Action: TypeAlias = AddAddress | RemoveAddress
-
-
-def _sort_key(key: tuple[IPAddress, int]) -> tuple[int, int, int]:
-    return (key[0].version, int(key[0]), key[1])
-
-
-def plan(desired: Iterable[HostAddress], observed: LoopbackObserved) -> list[Action]:
-    """The fewest writes that make our addresses on the interface equal ``desired``.
-
-    ``desired`` holds one prefix length per IP (host routes: /32, /128). Pure. Removes come
-    first (an owned address whose prefix length changed is removed, then
-    added again: IPv6 refuses the same address twice), then adds, each group sorted.
-    A desired address whose IP is held by a foreign address plans nothing (see
-    ``conflicts``); foreign addresses are never removed. A converged state plans ``[]``.
-    """
-    want = {_key(d): d for d in desired}
-    owned = {a.key: a for a in observed.addresses if a.owned}
-    foreign_ips = {a.ip for a in observed.addresses if not a.owned}
-    removes: list[Action] = [
-        RemoveAddress(owned[k].interface) for k in sorted(owned.keys() - want.keys(), key=_sort_key)
-    ]
-    adds: list[Action] = [
-        AddAddress(want[k])
-        for k in sorted(want.keys() - owned.keys(), key=_sort_key)
-        if k[0] not in foreign_ips
-    ]
-    return removes + adds
-
-
-def conflicts(desired: Iterable[HostAddress], observed: LoopbackObserved) -> frozenset[Address]:
-    """Foreign addresses that hold the IP of a desired address (reported, never touched)."""
-    want_ips = {_key(d)[0] for d in desired}
-    return frozenset(a for a in observed.addresses if not a.owned and a.ip in want_ips)
-
-
-def _key(address: HostAddress) -> tuple[IPAddress, int]:
-    # ``ip_interface("192.0.2.1")`` is /32 already; reject anything that is not an interface.
-    if not isinstance(address, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
-        raise TypeError(f"expected an ip_interface, got {address!r}")
-    return (address.ip, address.network.prefixlen)
+# The Protocol (the pure diff is anycastd.core.addresses.diff_addresses)
 
 
 def owner_label(interface: str) -> str | None:
@@ -241,7 +133,7 @@ class LoopbackActuator(Protocol):
 
     def observe(self) -> LoopbackObserved: ...
 
-    def apply(self, actions: Sequence[Action]) -> None: ...
+    def apply(self, actions: Sequence[AddressAction]) -> None: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +333,7 @@ class NetlinkLoopback:
                 return LoopbackObserved(self.interface, frozenset(addresses), up=up)
         raise TransientError(ACTUATOR, "address dump kept being interrupted by changes")
 
-    def apply(self, actions: Sequence[Action]) -> None:
+    def apply(self, actions: Sequence[AddressAction]) -> None:
         """Send ``actions`` in batches. Idempotent: adding an address that exists (EEXIST)
         and removing one that is gone (EADDRNOTAVAIL/ENOENT) count as done.
 
@@ -520,8 +412,8 @@ class NetlinkLoopback:
                     if address is not None:
                         addresses.append(address)
 
-    def _apply_chunk(self, index: int, chunk: Sequence[Action]) -> list[ActuatorError]:
-        pending: dict[int, Action] = {}
+    def _apply_chunk(self, index: int, chunk: Sequence[AddressAction]) -> list[ActuatorError]:
+        pending: dict[int, AddressAction] = {}
         parts: list[bytes] = []
         for action in chunk:
             seq = self._next_seq()
@@ -554,7 +446,7 @@ class NetlinkLoopback:
         return failures
 
 
-def _benign(action: Action, code: int) -> bool:
+def _benign(action: AddressAction, code: int) -> bool:
     if isinstance(action, AddAddress):
         # Already there. If it is there *without* our mark (an operator raced us), the next
         # observe reports it as a conflict; we never claim it.

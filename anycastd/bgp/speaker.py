@@ -41,9 +41,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
-from anycastd.bgp import plan as planner
 from anycastd.bgp.client import ACTUATOR, ApiConnection
-from anycastd.bgp.model import BgpSettings, Route
+from anycastd.bgp.commands import apply_command, diff_rib, parse_adj_rib_out, render_config
+from anycastd.core.rib import PlanError, resolve
+from anycastd.model import ALL_NEIGHBORS, BgpSettings, ResolvedAttributes, Rib, RibKey, Route
 
 log = logging.getLogger("anycastd.bgp")
 exabgp_log = logging.getLogger("anycastd.exabgp")
@@ -199,11 +200,11 @@ class ExabgpSpeaker:
         self.socket_mode = socket_mode
         self._env = exabgp_env(env, log_level=exabgp_log_level)
         self._routes: tuple[Route, ...] = ()
-        self._desired: planner.Rib = {}
+        self._desired: Rib = {}
         # until the controller has said what it wants, a (re)connect only reads back: an
         # anycastd restart adopts what ExaBGP announces instead of withdrawing it (no flap)
         self._desired_known = False
-        self._sent: planner.Rib = {}
+        self._sent: Rib = {}
         # external mode: prefixes anycastd has announced through this ExaBGP (kept in the
         # runtime dir, which lives exactly as long as the operator's ExaBGP's RIB can)
         self._owned_path = self.runtime_dir / f"{socket_name}.owned"
@@ -243,11 +244,11 @@ class ExabgpSpeaker:
         return self.connected and self._synced
 
     @property
-    def desired(self) -> Mapping[planner.RibKey, planner.ResolvedAttributes]:
+    def desired(self) -> Mapping[RibKey, ResolvedAttributes]:
         return dict(self._desired)
 
     @property
-    def sent(self) -> Mapping[planner.RibKey, planner.ResolvedAttributes]:
+    def sent(self) -> Mapping[RibKey, ResolvedAttributes]:
         return dict(self._sent)
 
     async def wait_connected(self) -> None:
@@ -257,8 +258,8 @@ class ExabgpSpeaker:
     async def set_routes(self, routes: Iterable[Route]) -> None:
         routes = tuple(routes)
         try:
-            desired = planner.resolve(routes, self.settings)
-        except (planner.PlanError, ValueError) as exc:
+            desired = resolve(routes, self.settings)
+        except (PlanError, ValueError) as exc:
             raise PermanentError(ACTUATOR, str(exc)) from exc
         self._routes = routes
         self._desired = desired
@@ -290,7 +291,7 @@ class ExabgpSpeaker:
         and check it with ``exabgp validate``; only a valid file replaces the live one.
         PermanentError carrying ExaBGP's message otherwise."""
         settings = settings or self.settings
-        text = planner.render_config(settings, self.relay_argv, str(self.socket_path))
+        text = render_config(settings, self.relay_argv, str(self.socket_path))
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         candidate = self.config_path.with_suffix(".new")
         fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # md5 passwords
@@ -339,8 +340,8 @@ class ExabgpSpeaker:
         if (settings.mode, settings.exabgp) != (self.settings.mode, self.settings.exabgp):
             raise PermanentError(ACTUATOR, "changing [bgp] mode or exabgp needs a restart")
         try:
-            desired = planner.resolve(self._routes, settings)
-        except (planner.PlanError, ValueError) as exc:
+            desired = resolve(self._routes, settings)
+        except (PlanError, ValueError) as exc:
             raise PermanentError(ACTUATOR, str(exc)) from exc
         if settings.mode == "managed":
             await self.validate(settings)
@@ -349,7 +350,7 @@ class ExabgpSpeaker:
         known = {n.address for n in settings.neighbors}
         # a removed neighbor's routes go with its session; never withdraw through it
         self._sent = {k: v for k, v in self._sent.items()
-                      if k[0] in known or k[0] == planner.ALL_NEIGHBORS}
+                      if k[0] in known or k[0] == ALL_NEIGHBORS}
         for address in list(self._peers):
             if address not in known:
                 del self._peers[address]
@@ -495,7 +496,7 @@ class ExabgpSpeaker:
         conn = self._require_conn()
         lines = await conn.command("show adj-rib out extensive")
         problems: list[str] = []
-        observed = planner.parse_adj_rib_out(
+        observed = parse_adj_rib_out(
             lines, self.settings.local_as, all_neighbors=not self.settings.neighbors,
             problems=problems,
         )
@@ -544,7 +545,7 @@ class ExabgpSpeaker:
             {k: v for k, v in self._sent.items() if k in self._desired}
             if withdraw_only else self._desired
         )
-        commands = planner.plan(desired, self._sent, self.settings.local_as)
+        commands = diff_rib(desired, self._sent, self.settings.local_as)
         if not commands:
             return
         conn = self._require_conn()
@@ -559,7 +560,7 @@ class ExabgpSpeaker:
                 first_error = first_error or exc
                 continue
             self.commands_sent += 1
-            planner.apply(self._sent, command)
+            apply_command(self._sent, command)
         if first_error is not None:
             raise first_error
 

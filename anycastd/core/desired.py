@@ -64,12 +64,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, TypeAlias
 
-from anycastd.actuators.ipvs import RealServer, ServiceSpec, VirtualService
-from anycastd.actuators.loopback import HostAddress
-from anycastd.bgp.model import Attributes, Route
 from anycastd.config import BgpStateAttrs, Config, IpvsConfig, ServiceConfig
 from anycastd.config import RealServer as ConfigRealServer
 from anycastd.core.health import ServiceState
+from anycastd.model import Attributes, HostAddress, RealServer, Route, ServiceSpec, VirtualService
 
 __all__ = [
     "Desired",

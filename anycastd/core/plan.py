@@ -83,18 +83,29 @@ The executor (the asyncio shell) drives it like this::
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from anycastd.actuators import ipvs as ipvs_actuator
-from anycastd.actuators import loopback as lo_actuator
-from anycastd.actuators.ipvs import IpvsObserved, RealServer, ServiceSpec, VirtualService
-from anycastd.actuators.loopback import HostAddress, LoopbackObserved
-from anycastd.bgp import plan as bgp_plan
-from anycastd.bgp.model import Attributes, BgpSettings, Route
+from anycastd.core.addresses import diff_addresses
 from anycastd.core.desired import Desired, Guard, PrefixIntent
+from anycastd.core.ipvs import diff_ipvs
+from anycastd.model import (
+    AddAddress,
+    AddressAction,
+    DeleteRealServer,
+    DeleteService,
+    EditRealServer,
+    HostAddress,
+    IPAddress,
+    IpvsAction,
+    IpvsObserved,
+    LoopbackObserved,
+    RealServer,
+    Route,
+    ServiceSpec,
+    VirtualService,
+)
 
 __all__ = [
     "BgpStep",
@@ -106,10 +117,7 @@ __all__ = [
     "Plan",
     "Step",
     "plan",
-    "routes_from_rib",
 ]
-
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 Phase = Literal[
     "announced", "announcing", "draining", "withdrawing", "withdrawn", "kept", "serving"
@@ -135,7 +143,7 @@ class ControllerState:
 @dataclass(frozen=True)
 class Observed:
     """The world as read back. ``announced``: the routes the speaker holds (see
-    :func:`routes_from_rib`); ``ipvs_owned``: the IPVS ownership record."""
+    :func:`anycastd.core.rib.routes_from_rib`); ``ipvs_owned``: the IPVS ownership record."""
 
     loopback: LoopbackObserved
     ipvs: IpvsObserved = field(default_factory=IpvsObserved)
@@ -145,12 +153,12 @@ class Observed:
 
 @dataclass(frozen=True)
 class LoopbackStep:
-    actions: tuple[lo_actuator.Action, ...]
+    actions: tuple[AddressAction, ...]
 
 
 @dataclass(frozen=True)
 class IpvsStep:
-    actions: tuple[ipvs_actuator.Action, ...]
+    actions: tuple[IpvsAction, ...]
 
 
 @dataclass(frozen=True)
@@ -368,13 +376,13 @@ def _ipvs_target(
     return specs, held
 
 
-def _reduces(action: ipvs_actuator.Action) -> bool:
-    if isinstance(action, ipvs_actuator.DeleteRealServer | ipvs_actuator.DeleteService):
+def _reduces(action: IpvsAction) -> bool:
+    if isinstance(action, DeleteRealServer | DeleteService):
         return True
-    return isinstance(action, ipvs_actuator.EditRealServer) and action.server.weight == 0
+    return isinstance(action, EditRealServer) and action.server.weight == 0
 
 
-def _capacity_first(actions: list[ipvs_actuator.Action]) -> list[ipvs_actuator.Action]:
+def _capacity_first(actions: list[IpvsAction]) -> list[IpvsAction]:
     """Actions that add serving capacity before those that take it away (each group keeps
     its order: a service before its real servers, real servers before their service), so a
     batch cut short by a failure never leaves fewer usable real servers than both the
@@ -479,16 +487,16 @@ def plan(
         if not _gate(intent, intent.announcing, ips, after):
             del p.bgp1[prefix]  # the replacement would not serve it: withdraw first
     ipvs_actions = _capacity_first(
-        ipvs_actuator.plan(specs, observed.ipvs, observed.ipvs_owned - held)
+        diff_ipvs(specs, observed.ipvs, observed.ipvs_owned - held)
     )
     want_addresses = _addresses(p, desired, observed.loopback)
-    lo_actions = lo_actuator.plan(want_addresses, observed.loopback)
-    add_ips = {a.address.ip for a in lo_actions if isinstance(a, lo_actuator.AddAddress)}
+    lo_actions = diff_addresses(want_addresses, observed.loopback)
+    add_ips = {a.address.ip for a in lo_actions if isinstance(a, AddAddress)}
     # A remove that makes room for an add of the same IP (prefix length changed) goes first.
-    lo_first: list[lo_actuator.Action] = []
-    lo_last: list[lo_actuator.Action] = []
+    lo_first: list[AddressAction] = []
+    lo_last: list[AddressAction] = []
     for a in lo_actions:
-        first = isinstance(a, lo_actuator.AddAddress) or a.address.ip in add_ips
+        first = isinstance(a, AddAddress) or a.address.ip in add_ips
         (lo_first if first else lo_last).append(a)
 
     ips_after = ips | {a.ip for a in want_addresses} if observed.loopback.up else ips
@@ -540,61 +548,3 @@ def _phase(
     if prefix in p.targets and p.targets[prefix] is None:
         return "serving"  # wanted, and nothing to announce it with (no [bgp])
     return "announcing" if prefix in final else "withdrawn"
-
-
-# --- reading the speaker back ----------------------------------------------------------------
-
-
-def routes_from_rib(
-    rib: Mapping[bgp_plan.RibKey, bgp_plan.ResolvedAttributes],
-    settings: BgpSettings,
-    hints: Iterable[Route] = (),
-) -> frozenset[Route]:
-    """The speaker's RIB (``ExabgpSpeaker.sent``) as routes, for :attr:`Observed.announced`.
-
-    A prefix whose RIB entries are exactly what a hint route resolves to is given as that
-    hint (pass the desired routes, demote routes and the last set sent), so the planner
-    compares like with like and a steady state plans nothing. Other prefixes are rebuilt from
-    the RIB: one route per distinct attribute set, targeted at the neighbors that carry it.
-    """
-    by_prefix: dict[str, dict[str, bgp_plan.ResolvedAttributes]] = {}
-    for (neighbor, prefix), attrs in rib.items():
-        by_prefix.setdefault(prefix, {})[neighbor] = attrs
-    out: set[Route] = set()
-    hinted: dict[str, list[Route]] = {}
-    for route in hints:
-        hinted.setdefault(bgp_plan.normalize_prefix(route.prefix), []).append(route)
-    for prefix, entries in by_prefix.items():
-        match = None
-        for route in hinted.get(prefix, ()):
-            try:
-                resolved = bgp_plan.resolve([route], settings)
-            except ValueError:  # PlanError is a ValueError: an unknown neighbor
-                continue
-            if {n: a for (n, _), a in resolved.items()} == entries:
-                match = route
-                break
-        if match is not None:
-            out.add(match)
-            continue
-        groups: dict[bgp_plan.ResolvedAttributes, list[str]] = {}
-        for neighbor, attrs in sorted(entries.items()):
-            groups.setdefault(attrs, []).append(neighbor)
-        for attrs, neighbors in groups.items():
-            targets = () if neighbors == [bgp_plan.ALL_NEIGHBORS] else tuple(neighbors)
-            next_hop = None if attrs.next_hop == (settings.next_hop or "self") else attrs.next_hop
-            out.add(
-                Route(
-                    prefix,
-                    Attributes(
-                        med=attrs.med,
-                        local_preference=attrs.local_preference,
-                        communities=attrs.communities,
-                        large_communities=attrs.large_communities,
-                        as_path_prepend=attrs.as_path_prepend,
-                        next_hop=next_hop,
-                    ),
-                    targets,
-                )
-            )
-    return frozenset(out)

@@ -30,10 +30,8 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
-from anycastd.actuators.ipvs import IpvsActuator, IpvsObserved, VirtualService
-from anycastd.actuators.loopback import LoopbackActuator, LoopbackObserved
-from anycastd.bgp import plan as bgp_plan
-from anycastd.bgp.model import BgpSettings, Route
+from anycastd.actuators.ipvs import IpvsActuator
+from anycastd.actuators.loopback import LoopbackActuator
 from anycastd.config import Config
 from anycastd.core.desired import Desired, RealServerKey, compute
 from anycastd.core.health import CheckState, ServiceHealth, ServiceState
@@ -46,10 +44,19 @@ from anycastd.core.plan import (
     Plan,
     Step,
     plan,
-    routes_from_rib,
 )
+from anycastd.core.rib import routes_from_rib
 from anycastd.engine.scheduler import Clock
 from anycastd.errors import StartupError
+from anycastd.model import (
+    BgpSettings,
+    IpvsObserved,
+    LoopbackObserved,
+    ResolvedAttributes,
+    RibKey,
+    Route,
+    VirtualService,
+)
 from anycastd.observe.logs import event
 from anycastd.observe.metrics import Metrics
 
@@ -80,7 +87,7 @@ class RouteSpeaker(Protocol):
     async def set_routes(self, routes: Iterable[Route]) -> None: ...
 
     @property
-    def sent(self) -> Mapping[bgp_plan.RibKey, bgp_plan.ResolvedAttributes]: ...
+    def sent(self) -> Mapping[RibKey, ResolvedAttributes]: ...
 
     @property
     def ever_synced(self) -> bool:

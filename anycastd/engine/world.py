@@ -19,11 +19,11 @@ from anycastd.actuators.errors import ActuatorError, PermanentError
 from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
-from anycastd.bgp.model import BgpSettings, Neighbor
 from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
 from anycastd.config import BgpConfig, Config
 from anycastd.engine.controller import NullSpeaker
 from anycastd.errors import StartupError
+from anycastd.model import BgpSettings, Neighbor
 from anycastd.testing.ipvs import FakeIpvs
 from anycastd.testing.loopback import FakeLoopback
 

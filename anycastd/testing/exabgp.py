@@ -1,6 +1,6 @@
 """FakeSpeaker: an in-memory BGP speaker for controller tests, with the real one's rules.
 
-It records the announced RIB exactly as the real speaker would compute it (same resolve/plan
+It records the announced RIB exactly as the real speaker would compute it (same resolve/diff_rib
 code), keeps a log of the commands it would have sent, and lets a test inject failures
 (``fail_next`` / ``disconnect``), relay reconnects and ExaBGP restarts (``reconnect`` /
 ``restart``) and session changes (``set_peer``). ``sent`` is the RIB-out the controller
@@ -21,10 +21,19 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
-from anycastd.bgp import plan as planner
 from anycastd.bgp.client import CommandError
-from anycastd.bgp.model import BgpSettings, Route
+from anycastd.bgp.commands import apply_command, diff_rib
 from anycastd.bgp.speaker import PeerState, Speaker
+from anycastd.core.rib import PlanError, resolve
+from anycastd.model import (
+    ALL_NEIGHBORS,
+    BgpSettings,
+    Command,
+    ResolvedAttributes,
+    Rib,
+    RibKey,
+    Route,
+)
 
 
 class FakeSpeaker:
@@ -46,9 +55,9 @@ class FakeSpeaker:
         self.on_resync = on_resync
         # the fake's loops have no bugs to report; kept for the constructor's parity
         self.on_fatal = on_fatal
-        self.rib: planner.Rib = {}
+        self.rib: Rib = {}
         self.routes: tuple[Route, ...] = ()
-        self.desired: planner.Rib = {}
+        self.desired: Rib = {}
         self.desired_known = False
         self.commands: list[str] = []
         self.calls = 0
@@ -67,12 +76,12 @@ class FakeSpeaker:
         self.calls += 1
         routes = tuple(routes)
         try:
-            desired = planner.resolve(routes, self.settings)
-        except (planner.PlanError, ValueError) as exc:
+            desired = resolve(routes, self.settings)
+        except (PlanError, ValueError) as exc:
             raise PermanentError("exabgp", str(exc)) from exc
         # remembered before anything can fail, like the real speaker
         self.routes, self.desired, self.desired_known = routes, desired, True
-        commands = planner.plan(self.desired, self.rib, self.settings.local_as)
+        commands = diff_rib(self.desired, self.rib, self.settings.local_as)
         if commands and not self._connected:  # nothing to send needs no connection
             raise TransientError("exabgp", "fake speaker disconnected")
         self._send(commands)
@@ -84,14 +93,14 @@ class FakeSpeaker:
 
     async def update_settings(self, settings: BgpSettings) -> None:
         try:
-            desired = planner.resolve(self.routes, settings)
-        except (planner.PlanError, ValueError) as exc:
+            desired = resolve(self.routes, settings)
+        except (PlanError, ValueError) as exc:
             raise PermanentError("exabgp", str(exc)) from exc
         self.settings, self.desired = settings, desired
         known = {n.address: n for n in settings.neighbors}
         # a removed neighbor's routes go with its session
         self.rib = {k: v for k, v in self.rib.items()
-                    if k[0] in known or k[0] == planner.ALL_NEIGHBORS}
+                    if k[0] in known or k[0] == ALL_NEIGHBORS}
         self._peers = {
             a: self._peers.get(a) or PeerState(address=a, name=n.label, up=True, state="up")
             for a, n in known.items()
@@ -114,14 +123,14 @@ class FakeSpeaker:
         return self._ever_synced
 
     @property
-    def sent(self) -> Mapping[planner.RibKey, planner.ResolvedAttributes]:
+    def sent(self) -> Mapping[RibKey, ResolvedAttributes]:
         """The RIB-out as ExaBGP holds it (a copy), like ``ExabgpSpeaker.sent``: what the
         controller reads back as its observation of the speaker."""
         return dict(self.rib)
 
     # -- test controls ---------------------------------------------------------------------
     @property
-    def announced(self) -> dict[str, planner.ResolvedAttributes]:
+    def announced(self) -> dict[str, ResolvedAttributes]:
         """prefix -> attributes, over all neighbors (the last neighbor's wins)."""
         return {prefix: attrs for (_, prefix), attrs in sorted(self.rib.items())}
 
@@ -179,7 +188,7 @@ class FakeSpeaker:
             if self.desired_known:
                 # the plan over what the RIB already holds of ``desired``: withdraws only
                 keep = {k: v for k, v in self.rib.items() if k in self.desired}
-                self._send(planner.plan(keep, self.rib, self.settings.local_as))
+                self._send(diff_rib(keep, self.rib, self.settings.local_as))
         finally:
             self._report()
 
@@ -193,7 +202,7 @@ class FakeSpeaker:
         if self.on_resync is not None:
             self.on_resync()
 
-    def _send(self, commands: list[planner.Command]) -> None:
+    def _send(self, commands: list[Command]) -> None:
         # like ExabgpSpeaker._push: a rejected command is skipped, the rest still sent,
         # the first error raised at the end
         first_error: ActuatorError | None = None
@@ -208,7 +217,7 @@ class FakeSpeaker:
                 first_error = first_error or error
                 continue
             self.commands.append(command.text)
-            planner.apply(self.rib, command)
+            apply_command(self.rib, command)
         if first_error is not None:
             raise first_error
 

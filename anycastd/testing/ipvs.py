@@ -17,16 +17,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from anycastd.actuators.errors import ActuatorError, PermanentError
-from anycastd.actuators.ipvs import (
-    ACTUATOR,
-    SCHEDULERS,
-    Action,
+from anycastd.actuators.ipvs import ACTUATOR, SCHEDULERS
+from anycastd.model import (
     AddRealServer,
     AddService,
     DeleteRealServer,
     DeleteService,
     EditRealServer,
     EditService,
+    IpvsAction,
     IpvsObserved,
     ObservedRealServer,
     ObservedService,
@@ -53,7 +52,7 @@ class FakeIpvs:
     def __init__(self, owned: Iterable[VirtualService] = ()) -> None:
         self.table: dict[VirtualService, _Service] = {}
         self._owned: set[VirtualService] = set(owned)
-        self._failures: list[tuple[ActuatorError, type[Action] | None]] = []
+        self._failures: list[tuple[ActuatorError, type[IpvsAction] | None]] = []
         self._generation = 0
         self.writes = 0
         #: ("service add" | "service set" | "service del" | "dest add" | ..., target) per write
@@ -75,7 +74,7 @@ class FakeIpvs:
             svc.dests[key], active_connections=active, inactive_connections=inactive
         )
 
-    def fail_next(self, error: ActuatorError, on: type[Action] | None = None) -> None:
+    def fail_next(self, error: ActuatorError, on: type[IpvsAction] | None = None) -> None:
         """The next write (of an ``on`` action, if given) raises ``error`` instead."""
         self._failures.append((error, on))
 
@@ -97,12 +96,12 @@ class FakeIpvs:
             }
         )
 
-    def apply(self, actions: Sequence[Action]) -> None:
+    def apply(self, actions: Sequence[IpvsAction]) -> None:
         for action in actions:
             self._apply_one(action)
 
     # -- internals
-    def _write(self, op: str, target: str, action: Action) -> None:
+    def _write(self, op: str, target: str, action: IpvsAction) -> None:
         self.writes += 1
         self.history.append((op, target))
         for i, (error, on) in enumerate(self._failures):
@@ -122,7 +121,7 @@ class FakeIpvs:
                 ACTUATOR, f"set {spec.service}: ENOENT (scheduler {spec.scheduler!r})"
             )
 
-    def _apply_one(self, action: Action) -> None:
+    def _apply_one(self, action: IpvsAction) -> None:
         match action:
             case AddService(spec):
                 vs = spec.service

@@ -8,7 +8,7 @@ in tests/unit/test_loopback_fake.py and tests/integration/test_loopback.py):
   change who owns it: a foreign address is never claimed;
 * IPv6 holds an address once (any prefix length: EEXIST), IPv4 once per prefix length;
 * removing an address that is gone is fine; removing does not look at the mark (neither
-  does the kernel: ownership is ``plan``'s job);
+  does the kernel: ownership is ``diff_addresses``'s job);
 * every action of a batch is attempted, then the first failure is raised (a permanent one
   if any), like the real batch;
 * a missing interface answers PermanentError (the kernel's ENODEV) on observe and apply;
@@ -31,16 +31,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from anycastd.actuators.errors import ActuatorError, PermanentError
-from anycastd.actuators.loopback import (
-    ACTUATOR,
-    Action,
-    AddAddress,
-    Address,
-    HostAddress,
-    LoopbackActuator,
-    LoopbackObserved,
-    NetlinkLoopback,
-)
+from anycastd.actuators.loopback import ACTUATOR, LoopbackActuator, NetlinkLoopback
+from anycastd.model import AddAddress, Address, AddressAction, HostAddress, LoopbackObserved
 
 __all__ = ["FakeLoopback"]
 
@@ -100,7 +92,7 @@ class FakeLoopback:
         self._check_interface()
         return LoopbackObserved(self.interface, frozenset(self.addresses), up=self._link_up)
 
-    def apply(self, actions: Sequence[Action]) -> None:
+    def apply(self, actions: Sequence[AddressAction]) -> None:
         if not actions:
             return
         self._check_interface()

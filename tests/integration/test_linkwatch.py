@@ -18,7 +18,8 @@ import pytest
 
 from anycastd.actuators.errors import PermanentError
 from anycastd.actuators.linkwatch import LinkWatcher
-from anycastd.actuators.loopback import AddAddress, NetlinkLoopback
+from anycastd.actuators.loopback import NetlinkLoopback
+from anycastd.model import AddAddress
 from anycastd.testing.netns import Netns, netns
 
 pytestmark = [

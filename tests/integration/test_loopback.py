@@ -17,14 +17,9 @@ from pathlib import Path
 import pytest
 
 from anycastd.actuators.errors import PermanentError
-from anycastd.actuators.loopback import (
-    OWNER_PROTO,
-    AddAddress,
-    NetlinkLoopback,
-    RemoveAddress,
-    conflicts,
-    plan,
-)
+from anycastd.actuators.loopback import OWNER_PROTO, NetlinkLoopback
+from anycastd.core.addresses import conflicts, diff_addresses
+from anycastd.model import AddAddress, RemoveAddress
 from anycastd.testing.netns import Netns, netns, run
 from tests.unit.test_loopback_fake import LINK_SCENARIOS, SCENARIOS
 
@@ -166,9 +161,9 @@ def test_restart_adoption_a_new_process_sees_our_addresses_as_owned(
 def test_restart_adoption_plans_no_writes(ns: Netns) -> None:
     desired = {I("192.0.2.1/32"), I("2001:db8::1/128")}
     with NetlinkLoopback(netns=ns.name) as first:
-        first.apply(plan(desired, first.observe()))
+        first.apply(diff_addresses(desired, first.observe()))
     with NetlinkLoopback(netns=ns.name) as second:
-        assert plan(desired, second.observe()) == []
+        assert diff_addresses(desired, second.observe()) == []
         assert second.writes == 0
 
 
@@ -178,7 +173,7 @@ def test_operator_address_with_our_label_is_still_foreign(
     ns.exec(["ip", "addr", "add", "192.0.2.5/32", "dev", "lo", "label", "lo:acd"])
     observed = lo.observe()
     assert I("192.0.2.5/32") in observed.foreign
-    assert plan(set(), observed) == []
+    assert diff_addresses(set(), observed) == []
     assert {str(c) for c in conflicts({I("192.0.2.5/32")}, observed)} == {
         "192.0.2.5/32 (foreign)"
     }
@@ -188,18 +183,18 @@ def test_converged_pass_makes_zero_writes(lo: NetlinkLoopback) -> None:
     desired = {I(f"198.51.100.{i}/32") for i in range(1, 101)} | {
         I(f"2001:db8::{i:x}/128") for i in range(1, 101)
     }
-    lo.apply(plan(desired, lo.observe()))
+    lo.apply(diff_addresses(desired, lo.observe()))
     assert lo.writes == 200
     assert lo.observe().owned == desired
-    lo.apply(plan(desired, lo.observe()))
+    lo.apply(diff_addresses(desired, lo.observe()))
     assert lo.writes == 200
 
 
 def test_batch_larger_than_one_send_is_applied_completely(lo: NetlinkLoopback) -> None:
     desired = {I(str(ipaddress.IPv4Address("10.20.0.0") + i) + "/32") for i in range(1000)}
-    lo.apply(plan(desired, lo.observe()))
+    lo.apply(diff_addresses(desired, lo.observe()))
     assert lo.observe().owned == desired
-    lo.apply(plan(set(), lo.observe()))
+    lo.apply(diff_addresses(set(), lo.observe()))
     assert lo.observe().owned == frozenset()
 
 

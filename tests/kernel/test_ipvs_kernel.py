@@ -16,16 +16,15 @@ from pathlib import Path
 import pytest
 
 from anycastd.actuators.errors import PermanentError
-from anycastd.actuators.ipvs import (
+from anycastd.actuators.ipvs import IpvsNetlink
+from anycastd.core.ipvs import diff_ipvs, foreign
+from anycastd.model import (
     DeleteService,
     EditRealServer,
     EditService,
-    IpvsNetlink,
     RealServer,
     ServiceSpec,
     VirtualService,
-    foreign,
-    plan,
 )
 
 pytestmark = pytest.mark.kernel
@@ -89,7 +88,7 @@ def dummy() -> Iterator[str]:
 def converge(act: IpvsNetlink, desired: dict[VirtualService, ServiceSpec]) -> int:
     """One reconcile pass; returns the number of netlink writes it made."""
     before = act.writes
-    act.apply(plan(desired, act.observe(), act.owned()))
+    act.apply(diff_ipvs(desired, act.observe(), act.owned()))
     return act.writes - before
 
 
@@ -196,7 +195,7 @@ def test_weight_edit_is_one_set_and_the_service_is_not_recreated(
     assert conns(vip) == 4
 
     edited = spec(vip, RealServer("10.77.0.1", 53, 7), rs2, sched="rr")
-    actions = plan({vip: edited}, ipvs.observe(), ipvs.owned())
+    actions = diff_ipvs({vip: edited}, ipvs.observe(), ipvs.owned())
     assert actions == [EditRealServer(vip, edited.real_servers[0])]
     before = ipvs.writes
     ipvs.apply(actions)
@@ -218,7 +217,7 @@ def test_scheduler_persistence_and_forwarding_change_in_place(
     udp_connections_through(vip, 2)
 
     changed = spec(vip, RealServer("10.77.0.1", 54, 1, "dr"), sched="sed", pers=120)
-    actions = plan({vip: changed}, ipvs.observe(), ipvs.owned())
+    actions = diff_ipvs({vip: changed}, ipvs.observe(), ipvs.owned())
     assert actions == [EditService(changed), EditRealServer(vip, changed.real_servers[0])]
     ipvs.apply(actions)
     table = ipvsadm_table()
@@ -258,7 +257,7 @@ def test_stale_owned_service_is_deleted_after_a_restart(tmp_path: Path) -> None:
         # restart with b removed from the config: the ownership file remembers it
         with IpvsNetlink(state_dir=tmp_path) as second:
             assert second.owned() == {a, b}
-            actions = plan({a: spec(a, rs)}, second.observe(), second.owned())
+            actions = diff_ipvs({a: spec(a, rs)}, second.observe(), second.owned())
             assert actions == [DeleteService(b)]
             second.apply(actions)
             assert set(ipvsadm_table()) == {"TCP 10.77.1.1:80"}
@@ -294,7 +293,7 @@ def test_foreign_services_are_never_touched(ipvs: IpvsNetlink) -> None:
 def test_unknown_scheduler_is_a_permanent_error(ipvs: IpvsNetlink) -> None:
     bad = spec(VIP, RealServer("10.77.0.1", 80), sched="nosuch")
     with pytest.raises(PermanentError) as info:
-        ipvs.apply(plan({VIP: bad}, ipvs.observe(), ipvs.owned()))
+        ipvs.apply(diff_ipvs({VIP: bad}, ipvs.observe(), ipvs.owned()))
     assert info.value.actuator == "ipvs"
     assert "ENOENT" in info.value.message
     assert ipvsadm_table() == {}
@@ -302,11 +301,11 @@ def test_unknown_scheduler_is_a_permanent_error(ipvs: IpvsNetlink) -> None:
 
 def test_apply_is_idempotent(ipvs: IpvsNetlink) -> None:
     want = {VIP: spec(VIP, RealServer("10.77.0.1", 80, 5))}
-    actions = plan(want, ipvs.observe(), ipvs.owned())
+    actions = diff_ipvs(want, ipvs.observe(), ipvs.owned())
     ipvs.apply(actions)
     ipvs.apply(actions)  # adding what exists becomes a "set": no EEXIST escapes
     assert ipvsadm_table()["TCP 10.77.1.1:80"]["10.77.0.1:80"][:2] == ["Masq", "5"]
-    removal = plan({}, ipvs.observe(), ipvs.owned())
+    removal = diff_ipvs({}, ipvs.observe(), ipvs.owned())
     ipvs.apply(removal)
     ipvs.apply(removal)  # deleting what is gone succeeds
     assert ipvsadm_table() == {}

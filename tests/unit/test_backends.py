@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anycastd.actuators.ipvs import VirtualService
 from anycastd.config import Config, loads
 from anycastd.core.health import ServiceState
 from anycastd.engine.backends import Backends
+from anycastd.model import VirtualService
 from tests.unit.test_daemon import HEAD, Node, running, wait_for
 
 WEB = """

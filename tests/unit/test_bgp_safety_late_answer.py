@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from anycastd.actuators.errors import TransientError
-from anycastd.bgp.model import Route
 from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.model import Route
 from tests.unit.test_exabgp_speaker import SETTINGS, until
 
 HEADER = ("neighbor 10.0.0.1 local-ip 10.0.0.2 local-as 65001 peer-as 65000 "

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from anycastd.actuators.errors import TransientError
-from anycastd.bgp import plan as planner
-from anycastd.bgp.model import Attributes, Route
+from anycastd.bgp.commands import parse_adj_rib_out
 from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.core.rib import resolve
+from anycastd.model import Attributes, ResolvedAttributes, Route
 from tests.unit.test_exabgp_speaker import SETTINGS, ScriptedExabgp, running, state_line, until
 
 HEADER = ("neighbor 10.0.0.1 local-ip 10.0.0.2 local-as 65001 peer-as 65000 "
@@ -112,12 +113,12 @@ async def test_a_malformed_med_in_the_read_back_is_withdrawn_not_a_crash(tmp_pat
 
 def test_a_malformed_read_back_line_is_kept_as_a_route_that_matches_no_wish() -> None:
     problems: list[str] = []
-    rib = planner.parse_adj_rib_out(
+    rib = parse_adj_rib_out(
         [held("192.0.2.7/32", " med x"), held("192.0.2.8/32", " local-preference -")],
         65001, problems=problems,
     )
     assert sorted(rib) == [("10.0.0.1", "192.0.2.7/32"), ("10.0.0.1", "192.0.2.8/32")]
-    desired = planner.resolve([Route("192.0.2.7/32")], SETTINGS)
+    desired = resolve([Route("192.0.2.7/32")], SETTINGS)
     assert all(attrs != desired[("10.0.0.1", "192.0.2.7/32")] for attrs in rib.values())
     assert len(problems) == 2
 
@@ -146,7 +147,7 @@ async def test_a_bug_in_the_resync_is_reported_and_the_socket_is_still_served(
         assert record.levelno == logging.CRITICAL
         assert record.exc_info is not None
         # the daemon's fail-closed withdraw still reaches ExaBGP through the relay
-        speaker._sent = {("10.0.0.1", "192.0.2.53/32"): planner.ResolvedAttributes("self")}
+        speaker._sent = {("10.0.0.1", "192.0.2.53/32"): ResolvedAttributes("self")}
         speaker._desired_known = True
         await speaker.set_routes([])
         assert exa.received[-1] == "neighbor 10.0.0.1 withdraw route 192.0.2.53/32"

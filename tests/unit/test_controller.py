@@ -17,17 +17,24 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from anycastd.actuators import ipvs as ipvs_actuator
-from anycastd.actuators import loopback as lo_actuator
 from anycastd.actuators.errors import PermanentError, TransientError
-from anycastd.actuators.ipvs import VirtualService
-from anycastd.actuators.loopback import Address, LoopbackObserved
-from anycastd.bgp.model import GRACEFUL_SHUTDOWN, Route
 from anycastd.config import Config, loads
 from anycastd.core.desired import RealServerKey
 from anycastd.core.health import ServiceState
 from anycastd.engine.controller import Controller
 from anycastd.engine.world import bgp_settings
+from anycastd.model import (
+    GRACEFUL_SHUTDOWN,
+    AddAddress,
+    Address,
+    AddressAction,
+    EditRealServer,
+    IpvsAction,
+    LoopbackObserved,
+    RealServer,
+    Route,
+    VirtualService,
+)
 from anycastd.testing.clock import FakeClock
 from anycastd.testing.exabgp import FakeSpeaker
 from anycastd.testing.ipvs import FakeIpvs
@@ -107,12 +114,12 @@ class JournalLoopback(FakeLoopback):
         super().__init__("lo")
         self._clock, self._journal = clock, journal
 
-    def apply(self, actions: Sequence[lo_actuator.Action]) -> None:
+    def apply(self, actions: Sequence[AddressAction]) -> None:
         try:
             super().apply(actions)
         finally:
             for a in actions:
-                verb = "add" if isinstance(a, lo_actuator.AddAddress) else "remove"
+                verb = "add" if isinstance(a, AddAddress) else "remove"
                 self._journal.append((self._clock.now(), "lo", f"{verb} {a.address}"))
 
     def holds(self, prefix: str) -> bool:
@@ -125,7 +132,7 @@ class JournalIpvs(FakeIpvs):
         super().__init__()
         self._clock, self._journal = clock, journal
 
-    def apply(self, actions: Sequence[ipvs_actuator.Action]) -> None:
+    def apply(self, actions: Sequence[IpvsAction]) -> None:
         start = len(self.history)
         try:
             super().apply(actions)
@@ -567,8 +574,8 @@ async def test_service_with_fewer_healthy_real_servers_than_min_healthy_is_not_a
 async def test_ipvs_weight_changed_behind_our_back_is_restored_by_the_next_timer_pass() -> None:
     h = Harness(config())
     await converged(h)
-    zero = ipvs_actuator.RealServer("10.1.0.2", 80, 0)
-    h.ipvs.apply([ipvs_actuator.EditRealServer(WEB_VS, zero)])  # someone's ipvsadm -e
+    zero = RealServer("10.1.0.2", 80, 0)
+    h.ipvs.apply([EditRealServer(WEB_VS, zero)])  # someone's ipvsadm -e
 
     await h.run_until(29.999)
     assert h.ipvs.weights(WEB_VS) == {"10.1.0.1:80": 1, "10.1.0.2:80": 0}
@@ -651,7 +658,7 @@ class SlowLoopback(JournalLoopback):
         finally:
             self._leave()
 
-    def apply(self, actions: Sequence[lo_actuator.Action]) -> None:
+    def apply(self, actions: Sequence[AddressAction]) -> None:
         self._enter()
         try:
             self.entered.set()

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.bgp.model import GRACEFUL_SHUTDOWN, Route
 from anycastd.bgp.speaker import PeerState
 from anycastd.config import Config, load_config
 from anycastd.core.health import ServiceState
 from anycastd.engine.daemon import Daemon
 from anycastd.engine.world import World, bgp_settings
+from anycastd.model import GRACEFUL_SHUTDOWN, Route
 from anycastd.observe.metrics import Metrics
 from anycastd.observe.systemd import Notifier
 from anycastd.testing.exabgp import FakeSpeaker

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.loopback import LoopbackObserved
 from anycastd.bgp.speaker import PeerState
 from anycastd.config import Config, load_config
 from anycastd.core.health import ServiceState
 from anycastd.engine.controller import NullSpeaker
 from anycastd.engine.daemon import Daemon
 from anycastd.engine.world import World
+from anycastd.model import LoopbackObserved
 from anycastd.observe.metrics import Metrics
 from anycastd.observe.status import render_text
 from anycastd.observe.systemd import Notifier

@@ -1,4 +1,4 @@
-"""Pure BGP planning: config text, desired RIB, diff → commands, adj-rib-out parsing."""
+"""Pure BGP: config text, desired RIB (core.rib), diff → commands, adj-rib-out parsing."""
 
 from __future__ import annotations
 
@@ -10,17 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anycastd.bgp.model import Attributes, BgpSettings, Neighbor, Route
-from anycastd.bgp.plan import (
+from anycastd.bgp.commands import apply_command, diff_rib, parse_adj_rib_out, render_config
+from anycastd.core.rib import PlanError, normalize_prefix, resolve
+from anycastd.model import (
     ALL_NEIGHBORS,
-    PlanError,
+    Attributes,
+    BgpSettings,
+    Neighbor,
     ResolvedAttributes,
-    apply,
-    normalize_prefix,
-    parse_adj_rib_out,
-    plan,
-    render_config,
-    resolve,
+    Route,
 )
 
 R1 = Neighbor(address="10.0.0.1", peer_as=65000, local_address="10.0.0.2", name="r1",
@@ -33,7 +31,7 @@ SELF = ResolvedAttributes(next_hop="self")
 
 def texts(desired: list[Route], sent: list[Route] | None = None) -> list[str]:
     before = resolve(sent or [], SETTINGS)
-    return [c.text for c in plan(resolve(desired, SETTINGS), before, SETTINGS.local_as)]
+    return [c.text for c in diff_rib(resolve(desired, SETTINGS), before, SETTINGS.local_as)]
 
 
 def test_steady_state_sends_nothing() -> None:
@@ -107,14 +105,14 @@ def test_no_neighbors_configured_means_no_selector() -> None:
     settings = BgpSettings(router_id="192.0.2.1", local_as=65001, mode="external")
     desired = resolve([Route("192.0.2.53/32")], settings)
     assert list(desired) == [(ALL_NEIGHBORS, "192.0.2.53/32")]
-    assert [c.text for c in plan(desired, {}, 65001)] == [
+    assert [c.text for c in diff_rib(desired, {}, 65001)] == [
         "announce route 192.0.2.53/32 next-hop self"
     ]
 
 
 def test_chunking_bounds_the_nlri_list() -> None:
     routes = [Route(f"10.1.{i // 256}.{i % 256}/32", neighbors=("r1",)) for i in range(1200)]
-    commands = plan(resolve(routes, SETTINGS), {}, 65001, chunk=500)
+    commands = diff_rib(resolve(routes, SETTINGS), {}, 65001, chunk=500)
     assert [len(c.changes) for c in commands] == [500, 500, 200]
 
 
@@ -124,8 +122,8 @@ def test_applying_the_plan_reaches_the_desired_rib() -> None:
         [Route("192.0.2.2/32", Attributes(med=2)), Route("2001:db8::1/128")], SETTINGS
     )
     rib = dict(sent)
-    for command in plan(desired, sent, 65001):
-        apply(rib, command)
+    for command in diff_rib(desired, sent, 65001):
+        apply_command(rib, command)
     assert rib == desired
 
 
@@ -194,13 +192,13 @@ def test_adj_rib_out_parses_into_the_same_form_as_desired() -> None:
     )
     observed = parse_adj_rib_out(ADJ_RIB_OUT, 65001)
     assert observed == desired
-    assert plan(desired, observed, 65001) == []
+    assert diff_rib(desired, observed, 65001) == []
 
 
 def test_adj_rib_out_difference_is_repaired() -> None:
     observed = parse_adj_rib_out(ADJ_RIB_OUT[:1], 65001)
     desired = resolve([Route("192.0.2.1/32", Attributes(med=7), ("r1",))], SETTINGS)
-    assert [c.text for c in plan(desired, observed, 65001)] == [
+    assert [c.text for c in diff_rib(desired, observed, 65001)] == [
         "neighbor 10.0.0.1 announce route 192.0.2.1/32 next-hop self med 7"
     ]
 
@@ -283,11 +281,11 @@ def test_plan_always_reaches_the_desired_rib_and_then_goes_quiet(
     sent = resolve(before, SETTINGS)
     desired = resolve(after, SETTINGS)
     rib = dict(sent)
-    commands = plan(desired, sent, 65001, chunk=2)
+    commands = diff_rib(desired, sent, 65001, chunk=2)
     for command in commands:
-        apply(rib, command)
+        apply_command(rib, command)
     assert rib == desired
-    assert plan(desired, rib, 65001) == []
+    assert diff_rib(desired, rib, 65001) == []
     # every command touches only entries that differ
     touched = {key for c in commands for key, _ in c.changes}
     assert touched == {k for k in sent.keys() | desired.keys() if sent.get(k) != desired.get(k)}

@@ -14,14 +14,13 @@ import pytest
 from pyroute2 import NetlinkError
 
 from anycastd.actuators.errors import PermanentError, TransientError
-from anycastd.actuators.ipvs import (
+from anycastd.actuators.ipvs import IpvsNetlink, OwnershipFile
+from anycastd.model import (
     AddRealServer,
     AddService,
     DeleteRealServer,
     DeleteService,
     EditService,
-    IpvsNetlink,
-    OwnershipFile,
     RealServer,
     ServiceSpec,
     VirtualService,

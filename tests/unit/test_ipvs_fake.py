@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 
 from anycastd.actuators.errors import PermanentError, TransientError
-from anycastd.actuators.ipvs import (
-    AddRealServer,
-    EditRealServer,
-    OwnershipFile,
-    RealServer,
-    ServiceSpec,
-    VirtualService,
-    plan,
-)
+from anycastd.actuators.ipvs import OwnershipFile
+from anycastd.core.ipvs import diff_ipvs
+from anycastd.model import AddRealServer, EditRealServer, RealServer, ServiceSpec, VirtualService
 from anycastd.testing.ipvs import FakeIpvs
 
 VIP = VirtualService.tcp("192.0.2.80", 80)
@@ -27,7 +21,7 @@ WANT = {VIP: ServiceSpec(VIP, "wlc", 0, (RS1, RS2))}
 
 def converge(ipvs: FakeIpvs, desired: dict[VirtualService, ServiceSpec]) -> int:
     before = ipvs.writes
-    ipvs.apply(plan(desired, ipvs.observe(), ipvs.owned()))
+    ipvs.apply(diff_ipvs(desired, ipvs.observe(), ipvs.owned()))
     return ipvs.writes - before
 
 
@@ -74,7 +68,7 @@ def test_foreign_service_is_untouched_and_stale_owned_is_removed() -> None:
 
 def test_apply_is_idempotent_and_counts_the_extra_set() -> None:
     ipvs = FakeIpvs()
-    actions = plan(WANT, ipvs.observe(), ipvs.owned())
+    actions = diff_ipvs(WANT, ipvs.observe(), ipvs.owned())
     ipvs.apply(actions)
     first = ipvs.writes
     ipvs.apply(actions)  # each add meets EEXIST and becomes a set: two writes each

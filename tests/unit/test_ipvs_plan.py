@@ -1,10 +1,11 @@
-"""plan(): the fewest IPVS writes, ownership respected. Pure; no kernel."""
+"""diff_ipvs(): the fewest IPVS writes, ownership respected. Pure; no kernel."""
 
 from __future__ import annotations
 
 import pytest
 
-from anycastd.actuators.ipvs import (
+from anycastd.core.ipvs import diff_ipvs, foreign
+from anycastd.model import (
     AddRealServer,
     AddService,
     DeleteRealServer,
@@ -17,8 +18,6 @@ from anycastd.actuators.ipvs import (
     RealServer,
     ServiceSpec,
     VirtualService,
-    foreign,
-    plan,
 )
 
 VIP = VirtualService.tcp("192.0.2.80", 80)
@@ -42,7 +41,7 @@ def observed_from(*specs: ServiceSpec) -> IpvsObserved:
 
 def test_empty_kernel_plans_service_then_its_real_servers() -> None:
     want = ServiceSpec(VIP, "wlc", 0, (RS1, RS2))
-    assert plan({VIP: want}, IpvsObserved()) == [
+    assert diff_ipvs({VIP: want}, IpvsObserved()) == [
         AddService(want),
         AddRealServer(VIP, RS1),
         AddRealServer(VIP, RS2),
@@ -51,20 +50,20 @@ def test_empty_kernel_plans_service_then_its_real_servers() -> None:
 
 def test_converged_table_plans_nothing() -> None:
     want = ServiceSpec(VIP, "rr", 300, (RS1, RS2))
-    assert plan({VIP: want}, observed_from(want), owned={VIP}) == []
+    assert diff_ipvs({VIP: want}, observed_from(want), owned={VIP}) == []
 
 
 def test_weight_change_is_one_edit_of_that_server() -> None:
     have = ServiceSpec(VIP, "wlc", 0, (RS1, RS2))
     drained = RealServer("10.1.0.1", 8080, 0, "nat")
     want = ServiceSpec(VIP, "wlc", 0, (drained, RS2))
-    assert plan({VIP: want}, observed_from(have)) == [EditRealServer(VIP, drained)]
+    assert diff_ipvs({VIP: want}, observed_from(have)) == [EditRealServer(VIP, drained)]
 
 
 def test_forwarding_change_is_one_edit_of_that_server() -> None:
     have = ServiceSpec(VIP, "wlc", 0, (RS1,))
     dr = RealServer("10.1.0.1", 8080, 100, "dr")
-    assert plan({VIP: ServiceSpec(VIP, "wlc", 0, (dr,))}, observed_from(have)) == [
+    assert diff_ipvs({VIP: ServiceSpec(VIP, "wlc", 0, (dr,))}, observed_from(have)) == [
         EditRealServer(VIP, dr)
     ]
 
@@ -75,13 +74,13 @@ def test_scheduler_or_persistence_change_is_one_service_edit(
 ) -> None:
     have = ServiceSpec(VIP, "wlc", 0, (RS1,))
     want = ServiceSpec(VIP, scheduler, persistence, (RS1,))
-    assert plan({VIP: want}, observed_from(have)) == [EditService(want)]
+    assert diff_ipvs({VIP: want}, observed_from(have)) == [EditService(want)]
 
 
 def test_port_change_is_a_new_real_server_and_the_old_one_removed() -> None:
     have = ServiceSpec(VIP, "wlc", 0, (RS1,))
     moved = RealServer("10.1.0.1", 9090, 100, "nat")
-    assert plan({VIP: ServiceSpec(VIP, "wlc", 0, (moved,))}, observed_from(have)) == [
+    assert diff_ipvs({VIP: ServiceSpec(VIP, "wlc", 0, (moved,))}, observed_from(have)) == [
         AddRealServer(VIP, moved),
         DeleteRealServer(VIP, RS1),
     ]
@@ -90,14 +89,14 @@ def test_port_change_is_a_new_real_server_and_the_old_one_removed() -> None:
 def test_stale_owned_service_is_one_delete_without_per_server_deletes() -> None:
     stale = VirtualService.udp("192.0.2.53", 53)
     have = ServiceSpec(stale, "wlc", 0, (RS1, RS2))
-    assert plan({}, observed_from(have), owned={stale}) == [DeleteService(stale)]
+    assert diff_ipvs({}, observed_from(have), owned={stale}) == [DeleteService(stale)]
 
 
 def test_foreign_services_are_not_touched_and_are_reported() -> None:
     theirs = ServiceSpec(VirtualService.tcp("198.51.100.1", 443), "rr", 0, (RS1,))
     mark = ServiceSpec(VirtualService.mark(9, 6), "sh", 0, ())
     observed = observed_from(theirs, mark)
-    assert plan({}, observed, owned=set()) == []
+    assert diff_ipvs({}, observed, owned=set()) == []
     assert foreign(observed, owned={VIP}) == [mark.service, theirs.service]
 
 
@@ -105,7 +104,7 @@ def test_a_declared_service_is_owned_even_if_not_recorded() -> None:
     """Adoption: the config declaring a key makes it ours (its extra servers go)."""
     have = ServiceSpec(VIP, "wlc", 0, (RS1, RS2))
     want = ServiceSpec(VIP, "wlc", 0, (RS1,))
-    assert plan({VIP: want}, observed_from(have), owned=()) == [DeleteRealServer(VIP, RS2)]
+    assert diff_ipvs({VIP: want}, observed_from(have), owned=()) == [DeleteRealServer(VIP, RS2)]
 
 
 def test_additions_come_before_removals_and_services_in_key_order() -> None:
@@ -114,7 +113,7 @@ def test_additions_come_before_removals_and_services_in_key_order() -> None:
     want_a = ServiceSpec(a, "wlc", 0, (RS2,))
     want_b = ServiceSpec(b, "wlc", 0, ())
     observed = observed_from(ServiceSpec(a, "wlc", 0, (RS1,)), ServiceSpec(stale, "wlc", 0, ()))
-    assert plan({b: want_b, a: want_a}, observed, owned={stale}) == [
+    assert diff_ipvs({b: want_b, a: want_a}, observed, owned={stale}) == [
         AddRealServer(a, RS2),
         AddService(want_b),
         DeleteRealServer(a, RS1),

@@ -19,18 +19,9 @@ from pyroute2 import NetlinkError
 
 from anycastd.actuators import netlink, sysctl
 from anycastd.actuators.errors import PermanentError, TransientError
-from anycastd.actuators.loopback import (
-    AddAddress,
-    Address,
-    HostAddress,
-    LoopbackActuator,
-    LoopbackObserved,
-    NetlinkLoopback,
-    RemoveAddress,
-    conflicts,
-    owner_label,
-    plan,
-)
+from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback, owner_label
+from anycastd.core.addresses import conflicts, diff_addresses
+from anycastd.model import AddAddress, Address, HostAddress, LoopbackObserved, RemoveAddress
 from anycastd.testing.loopback import FakeLoopback
 
 
@@ -53,7 +44,7 @@ def obs(*items: str) -> LoopbackObserved:
 
 def test_plan_from_empty_adds_every_desired_address_v4_then_v6_sorted() -> None:
     desired = {I("2001:db8::1/128"), I("192.0.2.2/32"), I("192.0.2.1/32")}
-    assert plan(desired, obs("!127.0.0.1/8", "!::1/128")) == [
+    assert diff_addresses(desired, obs("!127.0.0.1/8", "!::1/128")) == [
         AddAddress(I("192.0.2.1/32")),
         AddAddress(I("192.0.2.2/32")),
         AddAddress(I("2001:db8::1/128")),
@@ -62,36 +53,36 @@ def test_plan_from_empty_adds_every_desired_address_v4_then_v6_sorted() -> None:
 
 def test_converged_state_plans_nothing() -> None:
     desired = {I("192.0.2.1/32"), I("2001:db8::1/128")}
-    assert plan(desired, obs("192.0.2.1/32", "2001:db8::1/128", "!127.0.0.1/8")) == []
+    assert diff_addresses(desired, obs("192.0.2.1/32", "2001:db8::1/128", "!127.0.0.1/8")) == []
 
 
 def test_owned_address_no_longer_desired_is_removed_before_adds() -> None:
-    assert plan({I("192.0.2.2/32")}, obs("192.0.2.1/32")) == [
+    assert diff_addresses({I("192.0.2.2/32")}, obs("192.0.2.1/32")) == [
         RemoveAddress(I("192.0.2.1/32")),
         AddAddress(I("192.0.2.2/32")),
     ]
 
 
 def test_foreign_address_is_never_removed() -> None:
-    assert plan(set(), obs("!192.0.2.1/32", "!2001:db8::1/128", "!127.0.0.1/8")) == []
+    assert diff_addresses(set(), obs("!192.0.2.1/32", "!2001:db8::1/128", "!127.0.0.1/8")) == []
 
 
 def test_desired_address_held_by_foreign_is_not_claimed_but_reported() -> None:
     desired = {I("192.0.2.1/32"), I("192.0.2.2/32")}
     observed = obs("!192.0.2.1/32")
-    assert plan(desired, observed) == [AddAddress(I("192.0.2.2/32"))]
+    assert diff_addresses(desired, observed) == [AddAddress(I("192.0.2.2/32"))]
     assert conflicts(desired, observed) == {Address(I("192.0.2.1/32").ip, 32, owned=False)}
 
 
 def test_foreign_with_other_prefix_length_still_conflicts() -> None:
     desired = {I("2001:db8::5/128")}
     observed = obs("!2001:db8::5/64")
-    assert plan(desired, observed) == []
+    assert diff_addresses(desired, observed) == []
     assert [str(c) for c in conflicts(desired, observed)] == ["2001:db8::5/64 (foreign)"]
 
 
 def test_owned_address_with_changed_prefix_length_is_replaced() -> None:
-    assert plan({I("192.0.2.0/31")}, obs("192.0.2.0/32")) == [
+    assert diff_addresses({I("192.0.2.0/31")}, obs("192.0.2.0/32")) == [
         RemoveAddress(I("192.0.2.0/32")),
         AddAddress(I("192.0.2.0/31")),
     ]
@@ -103,7 +94,7 @@ def test_no_conflicts_when_nothing_foreign_is_desired() -> None:
 
 def test_plan_rejects_plain_addresses() -> None:
     with pytest.raises(TypeError):
-        plan({ipaddress.ip_address("192.0.2.1")}, obs())  # type: ignore[arg-type]
+        diff_addresses({ipaddress.ip_address("192.0.2.1")}, obs())  # type: ignore[arg-type]
 
 
 def test_owner_label_fits_ipv4_label_limit() -> None:
@@ -127,7 +118,7 @@ def _state(act: LoopbackActuator) -> str:
 def _pass(act: LoopbackActuator, desired: set[str], out: list[str]) -> None:
     want = {I(d) for d in desired}
     observed = act.observe()
-    actions = plan(want, observed)
+    actions = diff_addresses(want, observed)
     out.append("plan: " + ", ".join(str(a) for a in actions))
     found = conflicts(want, observed)
     if found:
@@ -304,7 +295,7 @@ def test_fake_restart_adopts_marked_addresses() -> None:
     first.apply([AddAddress(I("192.0.2.1/32"))])
     second = FakeLoopback(addresses=first.observe().addresses)
     assert second.observe().owned == {I("192.0.2.1/32")}
-    assert plan({I("192.0.2.1/32")}, second.observe()) == []
+    assert diff_addresses({I("192.0.2.1/32")}, second.observe()) == []
 
 
 def test_fake_injected_transient_failure_changes_nothing_and_next_pass_repairs() -> None:
@@ -312,9 +303,9 @@ def test_fake_injected_transient_failure_changes_nothing_and_next_pass_repairs()
     fake.fail_next(TransientError("loopback", "EBUSY"), count=1)
     want = {I("192.0.2.1/32"), I("192.0.2.2/32")}
     with pytest.raises(TransientError, match=r"add 192\.0\.2\.1/32: EBUSY"):
-        fake.apply(plan(want, fake.observe()))
+        fake.apply(diff_addresses(want, fake.observe()))
     assert fake.observe().owned == {I("192.0.2.2/32")}  # the rest of the batch went through
-    fake.apply(plan(want, fake.observe()))
+    fake.apply(diff_addresses(want, fake.observe()))
     assert fake.observe().owned == want
     assert fake.writes == 3
 
@@ -500,7 +491,7 @@ def test_one_pass_converges_without_touching_foreign(initial: list[str], wanted:
     foreign_before = fake.observe().foreign
     desired = {I(_host(ip)) for ip in wanted}
 
-    actions = plan(desired, fake.observe())
+    actions = diff_addresses(desired, fake.observe())
     fake.apply(actions)
     after = fake.observe()
 
@@ -508,4 +499,4 @@ def test_one_pass_converges_without_touching_foreign(initial: list[str], wanted:
     assert after.foreign == foreign_before
     blocked = {I(_host(str(a.ip))) for a in conflicts(desired, after)}
     assert after.owned == desired - blocked
-    assert plan(desired, after) == []
+    assert diff_addresses(desired, after) == []

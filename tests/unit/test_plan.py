@@ -15,18 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from anycastd.actuators.errors import ActuatorError, TransientError
-from anycastd.actuators.ipvs import (
-    AddRealServer,
-    AddService,
-    DeleteService,
-    EditRealServer,
-    RealServer,
-    ServiceSpec,
-    VirtualService,
-)
-from anycastd.actuators.loopback import AddAddress, RemoveAddress
-from anycastd.bgp import plan as bgp_plan
-from anycastd.bgp.model import Attributes, BgpSettings, Neighbor, Route
 from anycastd.config import Config, ServiceConfig, loads
 from anycastd.core.desired import RealServerKey, compute, real_server_key
 from anycastd.core.health import ServiceState as S
@@ -39,7 +27,24 @@ from anycastd.core.plan import (
     Plan,
     Step,
     plan,
-    routes_from_rib,
+)
+from anycastd.core.rib import resolve, routes_from_rib
+from anycastd.model import (
+    AddAddress,
+    AddRealServer,
+    AddService,
+    Attributes,
+    BgpSettings,
+    DeleteService,
+    EditRealServer,
+    Neighbor,
+    RealServer,
+    RemoveAddress,
+    ResolvedAttributes,
+    RibKey,
+    Route,
+    ServiceSpec,
+    VirtualService,
 )
 from anycastd.testing.exabgp import FakeSpeaker
 from anycastd.testing.ipvs import FakeIpvs
@@ -624,21 +629,21 @@ SETTINGS = BgpSettings(
 
 def test_routes_from_rib_returns_the_hint_that_resolves_to_the_same_entries() -> None:
     hint = Route(PREFIX, Attributes(med=10, communities=("65535:0",)), ("r1",))
-    rib = bgp_plan.resolve([hint], SETTINGS)
+    rib = resolve([hint], SETTINGS)
     assert routes_from_rib(rib, SETTINGS, [UP_ROUTE, hint]) == {hint}
 
 
 def test_routes_from_rib_rebuilds_unknown_prefixes_per_attribute_set() -> None:
-    rib: Mapping[bgp_plan.RibKey, bgp_plan.ResolvedAttributes] = {
-        ("10.0.0.1", PREFIX): bgp_plan.ResolvedAttributes("self", med=5),
-        ("10.0.0.2", PREFIX): bgp_plan.ResolvedAttributes("self", med=7),
+    rib: Mapping[RibKey, ResolvedAttributes] = {
+        ("10.0.0.1", PREFIX): ResolvedAttributes("self", med=5),
+        ("10.0.0.2", PREFIX): ResolvedAttributes("self", med=7),
     }
     routes = routes_from_rib(rib, SETTINGS, [UP_ROUTE])
     assert routes == {
         Route(PREFIX, Attributes(med=5), ("10.0.0.1",)),
         Route(PREFIX, Attributes(med=7), ("10.0.0.2",)),
     }
-    assert bgp_plan.resolve(routes, SETTINGS) == rib
+    assert resolve(routes, SETTINGS) == rib
 
 
 # --- the safety net behind the order ----------------------------------------------------------
@@ -723,7 +728,7 @@ def test_observed_rib_read_back_with_desired_hints_plans_nothing() -> None:
     h = up_web()
     settings = BgpSettings(router_id="192.0.2.1", local_as=65001, neighbors=SETTINGS.neighbors)
     desired = compute(h.config, h.states, h.rs_up)
-    rib = bgp_plan.resolve(h.world.announced, settings)
+    rib = resolve(h.world.announced, settings)
     observed = dataclasses.replace(
         h.world.observe(), announced=routes_from_rib(rib, settings, desired.route_hints)
     )

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from anycastd.bgp.model import Route
 from anycastd.core.desired import RealServerKey, compute
 from anycastd.core.health import ServiceState as S
+from anycastd.model import Route
 from tests.unit.test_plan import CHECK, Failure, Harness, config
 
 STATES = [S.UP, S.DOWN, S.DRAINING, S.MAINTENANCE, S.DISABLED]

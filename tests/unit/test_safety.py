@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from anycastd.actuators import loopback as lo_actuator
-from anycastd.actuators.ipvs import VirtualService
 from anycastd.core.health import ServiceState as S
+from anycastd.model import AddAddress, AddressAction, VirtualService
 from anycastd.testing.clock import FakeClock
 from tests.unit import test_controller as ctl
 from tests.unit.test_plan import (
@@ -255,9 +254,9 @@ class DyingDuringBringUp(ctl.JournalLoopback):
         super().__init__(clock, journal)
         self.h = h
 
-    def apply(self, actions: Sequence[lo_actuator.Action]) -> None:
+    def apply(self, actions: Sequence[AddressAction]) -> None:
         super().apply(actions)
-        if any(isinstance(a, lo_actuator.AddAddress) for a in actions):
+        if any(isinstance(a, AddAddress) for a in actions):
             self.h.states["dns"] = S.DOWN
             self.h.ctl.poke()  # what the daemon does on a health edge
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from anycastd.actuators.errors import ActuatorError
-from anycastd.bgp import plan as planner
-from anycastd.bgp.model import Attributes, Route
 from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.model import Attributes, ResolvedAttributes, RibKey, Route
 from anycastd.testing.exabgp import FakeSpeaker
 from tests.unit.test_exabgp_speaker import SETTINGS, ScriptedExabgp, until
 
@@ -88,7 +87,7 @@ class Side:
     async def set_routes(self, routes: list[Route]) -> str:
         raise NotImplementedError
 
-    def state(self) -> tuple[dict[planner.RibKey, planner.ResolvedAttributes], list[str], int]:
+    def state(self) -> tuple[dict[RibKey, ResolvedAttributes], list[str], int]:
         raise NotImplementedError
 
 
@@ -117,7 +116,7 @@ class FakeSide(Side):
     async def resync(self) -> str:
         return await outcome(self.fake.resync())
 
-    def state(self) -> tuple[dict[planner.RibKey, planner.ResolvedAttributes], list[str], int]:
+    def state(self) -> tuple[dict[RibKey, ResolvedAttributes], list[str], int]:
         return dict(self.fake.sent), list(self.fake.commands), self.woken
 
 
@@ -171,7 +170,7 @@ class RealSide(Side):
     async def resync(self) -> str:
         return await outcome(self.speaker.resync())
 
-    def state(self) -> tuple[dict[planner.RibKey, planner.ResolvedAttributes], list[str], int]:
+    def state(self) -> tuple[dict[RibKey, ResolvedAttributes], list[str], int]:
         return dict(self.speaker.sent), list(self.rib.accepted), self.woken
 
 

@@ -1,194 +1,44 @@
-"""Pure BGP planning: ExaBGP config text, desired RIB, diff → API commands, adj-rib-out parsing.
+"""ExaBGP text: the API commands that turn one RIB into another, adj-rib-out parsing, config.
 
-Rule: nothing here awaits, reads a clock or touches the network. Everything is a function of
-its arguments so it is unit tested table by table.
+Rule: pure (never awaits, no I/O, no clock); everything is a function of its arguments so it
+is unit tested table by table. This is the only module that knows ExaBGP's text formats.
 
-Theory of operation. The controller hands the speaker a set of :class:`Route`. ``resolve``
-expands it into a *RIB*: ``(neighbor address, prefix) -> ResolvedAttributes`` (normalised, so
-equal meaning compares equal). The speaker remembers the RIB it last had acknowledged by
-ExaBGP (``sent``), or read back from ``show adj-rib out extensive`` after a (re)connect.
-``plan(desired, sent)`` returns the commands that turn one into the other, packing prefixes
-that share attributes, family and neighbor set into one ``announce attributes ... nlri``.
-Steady state: ``plan(x, x) == []``: nothing is sent.
+Theory of operation. The controller hands the speaker a set of :class:`Route`.
+:func:`anycastd.core.rib.resolve` expands it into a *RIB*: ``(neighbor address, prefix) ->
+ResolvedAttributes`` (normalised, so equal meaning compares equal). The speaker remembers the
+RIB it last had acknowledged by ExaBGP (``sent``), or read back from ``show adj-rib out
+extensive`` after a (re)connect. ``diff_rib(desired, sent)`` returns the commands that turn
+one into the other, packing prefixes that share attributes, family and neighbor set into one
+``announce attributes ... nlri``. Steady state: ``diff_rib(x, x) == []``: nothing is sent.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
-import socket
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-from anycastd.bgp.model import (
-    WELL_KNOWN_COMMUNITIES,
-    Attributes,
-    BgpSettings,
-    Neighbor,
-    Route,
-)
+from anycastd.core.rib import PlanError, community_sort_key, family_key, normalize_community
+from anycastd.model import ALL_NEIGHBORS, BgpSettings, Command, ResolvedAttributes, Rib, RibKey
 
-#: Key of a RIB entry for routes sent without a neighbor selector (external mode, no
-#: neighbors configured): ExaBGP gives them to every neighbor.
-ALL_NEIGHBORS = "*"
+__all__ = [
+    "NLRI_CHUNK",
+    "NOT_OURS",
+    "apply_command",
+    "diff_rib",
+    "parse_adj_rib_out",
+    "render_attributes",
+    "render_config",
+]
+
 #: Prefixes per ``announce attributes ... nlri`` command (bounded line length).
 NLRI_CHUNK = 500
-
-
-@dataclass(frozen=True, order=True)
-class ResolvedAttributes:
-    """Attributes in the form compared against ExaBGP's adj-rib-out."""
-
-    next_hop: str  # "self" or an address
-    med: int | None = None
-    local_preference: int | None = None
-    communities: tuple[str, ...] = ()
-    large_communities: tuple[str, ...] = ()
-    as_path_prepend: int = 0
-
-
-RibKey = tuple[str, str]  # (neighbor address or "*", prefix)
-Rib = dict[RibKey, ResolvedAttributes]
 
 #: ``as_path_prepend`` of a route read back with a path anycastd would not send, or with
 #: attributes that did not parse: unequal to every resolved wish (0..32), so the difference
 #: is always acted on (withdrawn when unwanted, re-announced when wanted).
 NOT_OURS = -1
-
-
-@dataclass(frozen=True)
-class Command:
-    """One API line and the RIB entries it makes true once ExaBGP answers ``done``.
-
-    ``changes`` maps each key to its new attributes, or None for a withdraw.
-    """
-
-    text: str
-    changes: tuple[tuple[RibKey, ResolvedAttributes | None], ...]
-
-
-class PlanError(ValueError):
-    """A route that cannot be expressed (unknown neighbor, bad community)."""
-
-
-# -- normalisation ----------------------------------------------------------------------
-
-
-def normalize_community(value: str) -> str:
-    name = value.strip().lower()
-    if name in WELL_KNOWN_COMMUNITIES:
-        return WELL_KNOWN_COMMUNITIES[name]
-    parts = name.split(":")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) <= 0xFFFF for p in parts):
-        raise PlanError(f"community {value!r}: expected A:B (16-bit each) or a well-known name")
-    return f"{int(parts[0])}:{int(parts[1])}"
-
-
-def normalize_large_community(value: str) -> str:
-    parts = value.strip().split(":")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) <= 0xFFFFFFFF for p in parts):
-        raise PlanError(f"large community {value!r}: expected A:B:C (32-bit each)")
-    return ":".join(str(int(p)) for p in parts)
-
-
-def _community_sort_key(value: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in value.split(":"))
-
-
-def resolve_attributes(attrs: Attributes, settings: BgpSettings) -> ResolvedAttributes:
-    next_hop = attrs.next_hop or settings.next_hop or "self"
-    if next_hop != "self":
-        next_hop = str(ipaddress.ip_address(next_hop))
-    if not 0 <= attrs.as_path_prepend <= 32:
-        raise PlanError(f"as_path_prepend {attrs.as_path_prepend}: expected 0..32")
-    return ResolvedAttributes(
-        next_hop=next_hop,
-        med=attrs.med,
-        local_preference=attrs.local_preference,
-        communities=tuple(
-            sorted({normalize_community(c) for c in attrs.communities}, key=_community_sort_key)
-        ),
-        large_communities=tuple(
-            sorted(
-                {normalize_large_community(c) for c in attrs.large_communities},
-                key=_community_sort_key,
-            )
-        ),
-        as_path_prepend=attrs.as_path_prepend,
-    )
-
-
-def _neighbor_index(settings: BgpSettings) -> dict[str, Neighbor]:
-    index: dict[str, Neighbor] = {}
-    for n in settings.neighbors:
-        index[n.address] = n
-        index[str(ipaddress.ip_address(n.address))] = n
-        if n.name:
-            index[n.name] = n
-    return index
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def normalize_prefix(prefix: str) -> str:
-    """Canonical text of a prefix; ValueError for a bad one or host bits set.
-
-    inet_pton/inet_ntop instead of ipaddress: 10,000 prefixes at start cost ~15 ms, not 150."""
-    address, slash, length_text = prefix.strip().partition("/")
-    af = socket.AF_INET6 if ":" in address else socket.AF_INET
-    bits = 128 if af == socket.AF_INET6 else 32
-    try:
-        packed = socket.inet_pton(af, address)
-    except OSError:
-        raise ValueError(f"{prefix!r} does not appear to be an IPv4 or IPv6 network") from None
-    if slash and not length_text.isdigit():
-        raise ValueError(f"{prefix!r} does not appear to be an IPv4 or IPv6 network")
-    length = int(length_text) if slash else bits
-    if not 0 <= length <= bits:
-        raise ValueError(f"{prefix!r}: prefix length out of range")
-    if int.from_bytes(packed, "big") & ((1 << (bits - length)) - 1):
-        raise ValueError(f"{prefix!r} has host bits set")
-    return f"{socket.inet_ntop(af, packed)}/{length}"
-
-
-def _family_key(prefix: str) -> str:
-    # prefixes in a RIB are already normalised strings: only IPv6 has a colon
-    return "ipv6 unicast" if ":" in prefix else "ipv4 unicast"
-
-
-def resolve(routes: Iterable[Route], settings: BgpSettings) -> Rib:
-    """The desired RIB: every route expanded to the neighbors that carry its family."""
-    index = _neighbor_index(settings)
-    families = {n.address: frozenset(n.effective_families) for n in settings.neighbors}
-    by_family = {
-        f: [n.address for n in settings.neighbors if f in families[n.address]]
-        for f in ("ipv4 unicast", "ipv6 unicast")
-    }
-    # many routes share one Attributes value (per service state): resolve each once
-    resolved: dict[Attributes, ResolvedAttributes] = {}
-    rib: Rib = {}
-    for route in routes:
-        prefix = normalize_prefix(route.prefix)
-        family = _family_key(prefix)
-        attrs = resolved.get(route.attributes)
-        if attrs is None:
-            attrs = resolved[route.attributes] = resolve_attributes(route.attributes, settings)
-        if route.neighbors:
-            targets: list[str] = []
-            for ref in route.neighbors:
-                neighbor = index.get(ref)
-                if neighbor is None:
-                    raise PlanError(f"route {prefix}: unknown neighbor {ref!r}")
-                if family in families[neighbor.address]:
-                    targets.append(neighbor.address)
-        elif settings.neighbors:
-            targets = by_family[family]
-        else:
-            targets = [ALL_NEIGHBORS]
-        for target in targets:
-            rib[(target, prefix)] = attrs
-    return rib
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -227,7 +77,7 @@ def _prefix_sort_key(prefix: str) -> tuple[bool, int, str]:
     return (":" in prefix, len(prefix), prefix)
 
 
-def plan(
+def diff_rib(
     desired: Mapping[RibKey, ResolvedAttributes],
     sent: Mapping[RibKey, ResolvedAttributes],
     local_as: int,
@@ -248,7 +98,7 @@ def plan(
             withdraw_by_prefix[key[1]].append(key[0])
     groups: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
     for prefix, losing in withdraw_by_prefix.items():
-        groups[(_family_key(prefix), tuple(sorted(losing)))].append(prefix)
+        groups[(family_key(prefix), tuple(sorted(losing)))].append(prefix)
     for (_family, neighbors), prefixes in sorted(groups.items()):
         ordered = sorted(prefixes, key=_prefix_sort_key)
         for part in _chunks(ordered, chunk):
@@ -271,7 +121,7 @@ def plan(
             announce[(attrs, key[1])].append(key[0])
     agroups: dict[tuple[str, tuple[str, ...], ResolvedAttributes], list[str]] = defaultdict(list)
     for (attrs, prefix), gaining in announce.items():
-        agroups[(_family_key(prefix), tuple(sorted(gaining)), attrs)].append(prefix)
+        agroups[(family_key(prefix), tuple(sorted(gaining)), attrs)].append(prefix)
     for (_family, neighbors, attrs), prefixes in sorted(
         agroups.items(), key=lambda item: (item[0][0], item[0][1], repr(item[0][2]))
     ):
@@ -292,7 +142,7 @@ def plan(
     return commands
 
 
-def apply(rib: Rib, command: Command) -> None:
+def apply_command(rib: Rib, command: Command) -> None:
     """Record in ``rib`` what an acknowledged command changed."""
     for key, attrs in command.changes:
         if attrs is None:
@@ -392,7 +242,7 @@ def _optional_int(text: str | None) -> int | None:
 
 def _safe_sort_key(value: str) -> tuple[int, ...]:
     try:
-        return _community_sort_key(value)
+        return community_sort_key(value)
     except ValueError:
         return (1 << 40,)
 
