@@ -373,11 +373,15 @@ def _service_intent(
     state = effective_state(health, usable, min_healthy)
     # Unplanned: DOWN (checks, damping or too few real servers), or an operator state
     # (maintenance, drain) over checks that fail: a drain would feed a dead service.
-    failing = state is ServiceState.DOWN or (
-        state is not ServiceState.DISABLED and (checks_fail or usable < min_healthy)
-    )
+    # Disabled counts too: disabling a service whose checks fail must not drain into it.
+    failing = state is ServiceState.DOWN or checks_fail or usable < min_healthy
     attrs = svc.bgp.for_state(state.value) if state in _ANNOUNCING_STATES else None
-    announces = attrs is not None and attrs.announce and usable >= min_healthy
+    # A drain or maintenance flag outranks failing checks in the state, never in the route:
+    # a dead service is not announced, demoted or not (drain_on_failure acts only through
+    # the time-bounded take-down drain)
+    announces = (
+        attrs is not None and attrs.announce and usable >= min_healthy and not checks_fail
+    )
     all_vs = tuple(sorted({vs for group in vses.values() for vs in group}))
     return ServiceIntent(
         name=svc.name,

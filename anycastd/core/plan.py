@@ -446,7 +446,8 @@ def plan(
         have = frozenset(announced.get(prefix, ()))
         if (
             shutdown and not fail_closed and intent is not None and intent.shutdown == "keep"
-            and intent.planned  # keep never holds up a service that fails
+            # keep never holds up a service that fails or cannot be served (address, link)
+            and _gate(intent, intent.drainers, ips, counts)
         ):
             p.kept.add(prefix)
             if have:

@@ -156,6 +156,9 @@ class World:
         raise AssertionError(step)
 
     def host_ips(self) -> set[str]:
+        """The addresses that serve: none while the interface is down."""
+        if not self.lo.link_up:
+            return set()
         return {str(a.ip) for a in self.lo.addresses}
 
     def usable(self, vs: VirtualService) -> int:

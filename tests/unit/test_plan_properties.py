@@ -101,7 +101,7 @@ events = st.lists(
     st.tuples(
         st.sampled_from(
             ["state", "state", "rs", "rs", "time", "time", "conn", "fail", "restart", "tamper",
-             "relay"]
+             "relay", "checks", "link"]
         ),
         st.integers(0, 4),
         st.integers(0, 4),
@@ -116,6 +116,7 @@ def settle(h: Harness, max_passes: int = 40) -> None:
     """Run passes (no failures), moving the clock to each wakeup, until nothing is left."""
     if not h.world.speaker.connected:
         relay(h, 1)  # the relay comes back in the end
+    h.world.lo.link_up = True  # and so does the interface
     for _ in range(max_passes):
         result = h.tick()
         if result.steps:
@@ -154,7 +155,11 @@ def run_events(h: Harness, shapes: list[ServiceShape], evs: list[Event]) -> None
             failure = Failure(step=c % 3, cut=c // 4) if c % 4 == 2 else None
         elif kind == "relay":
             relay(h, b)
-        if kind in ("state", "rs", "tamper", "relay") and c % 2:
+        elif kind == "checks":  # its own checks fail (or pass again) under any flag
+            h.failing ^= {f"s{i}"}
+        elif kind == "link":
+            h.world.lo.link_up = not h.world.lo.link_up
+        if kind in ("state", "rs", "tamper", "relay", "checks", "link") and c % 2:
             continue
         result = h.tick(failure)
         for _, phase in result.phases:
@@ -225,7 +230,7 @@ def test_invariant_holds_and_the_world_converges_to_desired(
     h = harness(shapes)
     run_events(h, shapes, [e for e in evs if e[0] != "tamper"])  # invariant: every step
     settle(h)
-    desired = compute(h.config, h.states, h.rs_up)
+    desired = compute(h.config, h.states, h.rs_up, failing=h.failing)
     assert h.world.announced == desired.routes
     wanted_ips = {
         str(p.address.ip) for p in desired.prefixes if p.route is not None and p.address

@@ -158,6 +158,28 @@ def test_keep_at_shutdown_never_holds_up_a_failing_service() -> None:
     assert h.world.announced == frozenset()
 
 
+def test_an_operator_drain_of_a_service_whose_checks_then_fail_is_withdrawn_at_once() -> None:
+    # The drain flag outranks the checks in the state (DRAINING), but a dead service must
+    # not keep its (demoted) route: review finding, issue 8 #3.
+    h = up_web()
+    h.states["web"] = S.DRAINING
+    h.tick()
+    assert h.world.announced == {DEMOTE}
+    h.failing.add("web")
+    h.now += 1.0
+    assert h.tick().steps[0] == BgpStep(frozenset())
+    assert h.world.announced == frozenset()
+
+
+def test_keep_at_shutdown_never_holds_up_a_prefix_whose_interface_is_down() -> None:
+    h = web(WEB.replace('drain_time = "10s"', 'drain_time = "10s"\nshutdown = "keep"'))
+    h.converge()
+    h.shutdown = True
+    h.world.lo.link_up = False
+    assert h.tick().steps[0] == BgpStep(frozenset())
+    assert h.world.announced == frozenset()
+
+
 # --- 4. a reload that moves a virtual service is make-before-break ----------------------------
 
 
