@@ -551,16 +551,31 @@ class ExabgpSpeaker:
         conn = self._require_conn()
         first_error: PermanentError | None = None
         for command in commands:
+            # An announce counts from the moment it is written: ExaBGP may act on it even if
+            # its answer never comes (timeout, lost connection), and the controller must
+            # then withdraw it before the address goes. A withdraw counts once answered.
+            # Either way the next read-back replaces ``sent`` with the truth.
+            announce = any(attrs is not None for _, attrs in command.changes)
+            before = {key: self._sent.get(key) for key, _ in command.changes}
+            if announce:
+                apply_command(self._sent, command)
             try:
                 await conn.command(command.text)
             except PermanentError as exc:
+                if announce:  # rejected: ExaBGP did not take it
+                    for key, attrs in before.items():
+                        if attrs is None:
+                            self._sent.pop(key, None)
+                        else:
+                            self._sent[key] = attrs
                 log.error(  # noqa: TRY400 - the command is the whole story, not a traceback
                     "exabgp_command_rejected", extra={"command": command.text}
                 )
                 first_error = first_error or exc
                 continue
             self.commands_sent += 1
-            apply_command(self._sent, command)
+            if not announce:
+                apply_command(self._sent, command)
         if first_error is not None:
             raise first_error
 

@@ -212,7 +212,13 @@ class FakeSpeaker:
             elif self._failures:
                 error = self._failures.pop(0) or CommandError(command.text)
                 if isinstance(error, TransientError):
-                    self._connected = False  # the real speaker drops a timed-out connection
+                    # a timeout: the command reached ExaBGP, its answer was lost (so an
+                    # announce is on the wire, as the real speaker assumes); the real
+                    # speaker drops a timed-out connection
+                    if any(attrs is not None for _, attrs in command.changes):
+                        self.commands.append(command.text)
+                        apply_command(self.rib, command)
+                    self._connected = False
                     raise error
                 first_error = first_error or error
                 continue

@@ -131,6 +131,29 @@ async def test_unanswered_command_times_out_as_transient(tmp_path: Path) -> None
         assert not speaker.connected
 
 
+async def test_an_announce_left_unanswered_counts_as_announced_until_read_back(
+    tmp_path: Path,
+) -> None:
+    # ExaBGP may still act on a command it has not answered: until a read-back says
+    # otherwise the controller must see the route as announced (so it withdraws it before
+    # it takes the address away). Review finding on issue 8.
+    speaker = ExabgpSpeaker(SETTINGS, tmp_path, command_timeout=0.2)
+    exa = ScriptedExabgp(lambda cmd: "silent" if "announce" in cmd else "done")
+    async with running(speaker, exa):
+        with pytest.raises(TransientError):
+            await speaker.set_routes([Route("192.0.2.53/32")])
+    assert ("10.0.0.1", "192.0.2.53/32") in speaker.sent
+
+
+async def test_a_rejected_announce_is_not_counted_as_announced(tmp_path: Path) -> None:
+    speaker = ExabgpSpeaker(SETTINGS, tmp_path)
+    exa = ScriptedExabgp(lambda cmd: "error" if "announce" in cmd else "done")
+    async with running(speaker, exa):
+        with pytest.raises(CommandError):
+            await speaker.set_routes([Route("192.0.2.53/32")])
+        assert speaker.sent == {}
+
+
 async def test_not_connected_is_transient_and_the_wish_waits_for_the_next_pass(
     tmp_path: Path,
 ) -> None:
