@@ -179,8 +179,11 @@ class Daemon:
         log_events(events)
         for observer in self._observers:
             observer(events)
+        # A check edge pokes too: under a maintenance or drain flag a failing check changes
+        # no service state, but it ends a planned drain (the service may not be drained
+        # into any more) and the pass's re-read of health before announcing relies on it.
         if self.controller is not None and any(
-            isinstance(ev, ServiceTransition) for ev in events
+            isinstance(ev, ServiceTransition | CheckTransition) for ev in events
         ):
             self.controller.poke()
 

@@ -343,3 +343,23 @@ async def test_reload_of_a_start_only_key_is_accepted_and_says_it_needs_a_restar
     warned = [r for r in caplog.records if r.getMessage() == "reload_needs_restart"]
     assert len(warned) == 1
     assert warned[0].__dict__["fields"]["keys"] == ["global.log_level"]
+
+
+async def test_checks_failing_during_a_maintenance_drain_withdraw_at_once(
+    tmp_path: Path,
+) -> None:
+    # Maintenance outranks the checks in the state, so failing checks change no state: the
+    # controller must still hear of it, or the planned drain (5 s here) would keep feeding
+    # a dead service. Review finding on issue 8 #3.
+    node = Node(tmp_path, HEAD.format(tmp=tmp_path)
+                + fast(tmp_path, "a", A).replace('drain_time = "300ms"', 'drain_time = "5s"'))
+    node.flag("a-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        node.daemon.set_flag("a", "maintenance", True)
+        await wait_for(lambda: node.announced() == {A: (GRACEFUL_SHUTDOWN,)})
+        t0 = time.monotonic()
+        node.flag("a-ok").unlink()
+        await wait_for(lambda: node.announced() == {}, within=4.0)
+        assert time.monotonic() - t0 < 1.0, "withdrawn on the health edge, not at drain end"
