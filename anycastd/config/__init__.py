@@ -6,17 +6,19 @@ Theory of operation
    A syntax error is reported with file, line and column; if any file fails to parse we
    stop there (validating half a configuration produces misleading errors).
 2. Merge: drop-ins may only contain ``[services.NAME]`` tables. A service defined twice is
-   an error naming both files.
+   an error naming both files (files.py).
 3. Validate each section and each service separately with frozen pydantic models
    (``extra="forbid"``), so one broken service does not hide the errors of another.
    Per-check timing (interval, timeout, ...) is inherited from the service while validating,
-   so every check model carries its *effective* values.
-4. Cross-field and cross-section rules run over the validated pieces.
+   so every check model carries its *effective* values (schema.py; field types in scalars.py).
+4. Cross-field and cross-section rules run over the validated pieces (checks.py).
 5. Every problem becomes a ``ConfigIssue(file, key, message)``; if there is any, one
-   ``ConfigError`` carries them all. Pydantic's messages never reach the user unmapped.
+   ``ConfigError`` carries them all (errors.py). Pydantic's messages never reach the user
+   unmapped (messages.py).
 
 Models are frozen and hashable: two loads of an unchanged service compare equal, which is
-how a reload finds the services it must leave alone.
+how a reload finds the services it must leave alone. ``dump`` and ``summarize`` are in
+render.py.
 """
 
 import importlib

@@ -1,6 +1,5 @@
-"""What a problem looks like: ``ConfigIssue(file, key, message)``, the ``ConfigError`` that
-carries them all, and the helpers that word them. Imports no pydantic, so the CLI can catch
-these without loading the schema."""
+"""What a problem looks like (``ConfigIssue``, ``ConfigError``) and the helpers that word it.
+No pydantic here: the CLI catches these without loading the schema."""
 
 from __future__ import annotations
 
