@@ -424,16 +424,20 @@ class Controller:
             await self.reconcile()
             await self._sleep(self._next_wake())
 
-    async def shutdown(self, limit: float, *, fail_closed: bool = False) -> bool:
+    async def shutdown(
+        self, limit: float, *, fail_closed: bool | Callable[[], bool] = False
+    ) -> bool:
         """Apply every service's shutdown policy in order; True when complete within
         ``limit`` seconds (drains included). ``fail_closed`` (after a crash): every prefix
-        is withdrawn at once, whatever its policy (no drain, no keep)."""
+        is withdrawn at once, whatever its policy (no drain, no keep); given as a callable
+        it is asked before every pass, so a crash during a drain ends the drain."""
         deadline = self.clock.now() + limit
         try:
             # a backstop on the loop's own time: also ends a pass that hangs in a call
             async with asyncio.timeout(limit + 1.0):
                 while self.clock.now() < deadline:
-                    result = await self.reconcile(shutdown=True, fail_closed=fail_closed)
+                    closed = fail_closed() if callable(fail_closed) else fail_closed
+                    result = await self.reconcile(shutdown=True, fail_closed=closed)
                     if result.shutdown_complete:
                         return True
                     await self._sleep(min(deadline, self._next_wake()))

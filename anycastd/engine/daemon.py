@@ -63,6 +63,11 @@ from anycastd.observe.systemd import Notifier
 
 log = logging.getLogger("anycastd")
 
+#: At stop: how long the cancelled controller pass may take to unwind.
+UNWIND_LIMIT = 5.0
+#: After an incomplete fail-closed stop: how long the direct withdraw may take.
+LAST_RESORT_LIMIT = 10.0
+
 #: After the kernel event socket failed: how long before a new one is opened.
 LINK_WATCH_RETRY = 5.0
 
@@ -415,21 +420,23 @@ class Daemon:
                     await self._guarded("reload", reload(self))
             self.notifier.stopping()
             limit = shutdown_limit(self.config)
-            fail_closed = self.crash is not None
-            event(log, "stopping", limit=limit, fail_closed=fail_closed)
+            event(log, "stopping", limit=limit, fail_closed=self.crash is not None)
             ctl_task.cancel()
             # let the cancelled pass unwind (its speaker command closes its connection)
-            # before the shutdown passes observe and write
-            await asyncio.wait([ctl_task])
+            # before the shutdown passes observe and write; bounded: a pass stuck in a
+            # netlink call must not hold the stop (the shutdown passes have their own bound)
+            await asyncio.wait([ctl_task], timeout=UNWIND_LIMIT)
             try:
                 self.shutdown_complete = await controller.shutdown(
-                    limit, fail_closed=fail_closed)
+                    limit, fail_closed=lambda: self.crash is not None)
             except Exception as exc:  # the speaker's stop below still ends the sessions
                 self.crashed("shutdown", exc)
                 self.shutdown_complete = False
             if not self.shutdown_complete:
                 event(log, "shutdown_incomplete", level=logging.ERROR,
                       detail="the shutdown policy did not finish in time; exiting anyway")
+                if self.crash is not None:
+                    await self._last_resort_withdraw(world)
             # Cancelled children end quietly; the TaskGroup waits for their finally blocks.
             # The speaker goes last: a managed ExaBGP ends with it and its sessions close.
             for task in (self._sched_task, *helpers, speaker_task):
@@ -439,6 +446,20 @@ class Daemon:
               crashed=self.crash is not None)
         return EXIT_CRASHED if self.crash is not None else 0
 
+    async def _last_resort_withdraw(self, world: World) -> None:
+        """Fail closed when the planned fail-closed shutdown itself failed (the bug that
+        crashed a task may sit in the planner): withdraw every route straight through the
+        speaker. Addresses and IPVS stay; with no route they attract nothing."""
+        try:
+            async with asyncio.timeout(LAST_RESORT_LIMIT):
+                await world.speaker.set_routes(())
+        except (ActuatorError, TimeoutError) as exc:
+            event(log, "last_resort_withdraw_failed", level=logging.CRITICAL, error=str(exc),
+                  detail="routes may stay announced until the BGP session closes")
+        else:
+            event(log, "last_resort_withdraw", level=logging.WARNING,
+                  detail="every route withdrawn directly after an incomplete fail-closed stop")
+
     async def _watch_link(self, opener: Callable[[], LinkWatcher], controller: Controller) -> None:
         """Reconcile at once on every address or link event of the managed interface (an
         address deleted by hand, the link going down): the prefix is withdrawn within
@@ -447,7 +468,9 @@ class Daemon:
         socket fails, the timer is the backstop until a new watcher is open."""
         while True:
             try:
-                await opener().run(lambda _reason: controller.poke())
+                watcher = opener()
+                controller.poke()  # what changed while no watcher was open is not lost
+                await watcher.run(lambda _reason: controller.poke())
             except ActuatorError as exc:
                 event(log, "link_watch_failed", level=logging.ERROR, error=exc.message,
                       detail=f"reconcile_interval is the backstop; retrying in "

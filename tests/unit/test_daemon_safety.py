@@ -296,3 +296,34 @@ async def test_a_bug_the_speaker_reports_fails_closed_too(
     assert node.daemon.shutdown_complete is True
     (crash,) = [r for r in caplog.records if r.getMessage() == "task_crashed"]
     assert crash.__dict__["fields"]["task"] == "speaker"
+
+
+class AlwaysBuggyLoopback(FakeLoopback):
+    """Once armed, every observe raises a bug: the fail-closed shutdown's passes fail too."""
+
+    armed = False
+
+    def observe(self) -> LoopbackObserved:
+        if self.armed:
+            raise ZeroDivisionError("a bug on every pass")
+        return super().observe()
+
+
+async def test_a_crash_whose_fail_closed_stop_fails_too_still_withdraws_every_route(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The bug that crashed the controller may sit in the path the fail-closed stop uses:
+    # the routes must go anyway (review finding on issue 8 #8).
+    text = HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="keep")
+    lo = AlwaysBuggyLoopback()
+    node = Node(tmp_path, text, lo=lo)
+    node.flag("a-ok").touch()
+    async with running(node) as task:
+        await wait_for(lambda: node.announced() == {A: ()})
+        assert node.daemon is not None
+        assert node.daemon.controller is not None
+        lo.armed = True
+        node.daemon.controller.poke()
+        assert await asyncio.wait_for(task, 10.0) == 70
+    assert node.announced() == {}
+    assert [r for r in caplog.records if r.getMessage() == "last_resort_withdraw"]
