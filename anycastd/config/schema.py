@@ -60,32 +60,6 @@ from anycastd.config.scalars import (
     _v_whole_seconds,
 )
 
-__all__ = [
-    "CHECK_TYPES",
-    "ApiConfig",
-    "BgpConfig",
-    "BgpNeighbor",
-    "BgpStateAttrs",
-    "Check",
-    "Config",
-    "Damping",
-    "DnsCheck",
-    "ExecCheck",
-    "FileCheck",
-    "GlobalConfig",
-    "HttpCheck",
-    "HttpsCheck",
-    "IpvsConfig",
-    "MetricsConfig",
-    "OspfConfig",
-    "OspfMetric",
-    "RealServer",
-    "ServiceBgp",
-    "ServiceConfig",
-    "TcpCheck",
-    "TlsCheck",
-]
-
 _TIMING_KEYS = ("interval", "fast_interval", "timeout", "rise", "fall", "jitter")
 
 
