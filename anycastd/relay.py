@@ -48,6 +48,8 @@ _BACKOFF_MAX = 2.0
 #: The barrier command and the start of the first line of its answer (ExaBGP 4.2 and 5:
 #: ``Peer            AS        up/down state       |     #sent     #recvd``).
 BARRIER = b"show neighbor summary\n"
+#: How long commands are held for a barrier's answer before the relay goes on without it.
+BARRIER_TIMEOUT = 15.0
 _BARRIER_HEADER = b"Peer "
 _ANSWERS = (b"done", b"error")
 
@@ -62,8 +64,10 @@ def _set_pdeathsig(sig: int) -> None:
 class Relay:
     """Moves lines between ExaBGP (stdin/stdout) and anycastd (a unix stream socket)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, barrier_timeout: float = BARRIER_TIMEOUT) -> None:
         self.path = path
+        self.barrier_timeout = barrier_timeout
+        self._barrier_sent = 0.0  # monotonic time the last barrier was written
         self._lock = threading.Lock()
         self._conn: socket.socket | None = None
         # peer address -> last "state" event line; replayed on connect
@@ -205,6 +209,7 @@ class Relay:
                 if self._need_barrier:
                     self._need_barrier = False
                     self._barriers += 1
+                    self._barrier_sent = time.monotonic()
                     # the barrier answers for everything sent before it
                     self._owed = 0
                     self._lock.release()
@@ -217,6 +222,15 @@ class Relay:
                     self._owed += 1
                     self._owner = conn
                     return True
+                if time.monotonic() - self._barrier_sent > self.barrier_timeout:
+                    # Never recognised (another ExaBGP's header) or never answered: holding
+                    # every command forever would leave anycastd unable even to withdraw.
+                    # Whatever was queued before the barrier has long been answered.
+                    sys.stderr.write("anycastd-exabgp-relay: barrier not answered within "
+                                     f"{self.barrier_timeout:g}s; going on\n")
+                    self._barriers = 0
+                    self._in_barrier_answer = False
+                    continue
                 # anycastd may give up meanwhile: its command must then not be sent late
                 if not self._in_step.wait(0.1) and _closed_by_peer(conn):
                     self._drop(conn)
@@ -250,11 +264,18 @@ def _serve_or_die(relay: Relay) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: anycastd-exabgp-relay SOCKET\n")
+    timeout = BARRIER_TIMEOUT
+    if len(args) == 3 and args[0] == "--barrier-timeout":
+        try:
+            timeout = float(args[1])
+        except ValueError:
+            timeout = -1.0
+        args = args[2:]
+    if len(args) != 1 or not timeout > 0:
+        sys.stderr.write("usage: anycastd-exabgp-relay [--barrier-timeout SECONDS] SOCKET\n")
         return 64
     _set_pdeathsig(signal.SIGTERM)
-    relay = Relay(args[0])
+    relay = Relay(args[0], barrier_timeout=timeout)
     threading.Thread(target=_serve_or_die, args=(relay,), name="relay-socket", daemon=True).start()
     relay.pump_stdin()
     # stdin EOF: ExaBGP is gone (or closed our pipe); so are we.

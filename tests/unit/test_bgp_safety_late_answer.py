@@ -81,11 +81,13 @@ class PipeExabgp:
 
 
 @contextlib.asynccontextmanager
-async def relayed(speaker: ExabgpSpeaker, exa: PipeExabgp) -> AsyncIterator[None]:
+async def relayed(
+    speaker: ExabgpSpeaker, exa: PipeExabgp, *options: str
+) -> AsyncIterator[None]:
     server = asyncio.create_task(speaker.run())
     await until(speaker.socket_path.exists)
     relay = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "anycastd.relay", str(speaker.socket_path),
+        sys.executable, "-m", "anycastd.relay", *options, str(speaker.socket_path),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
     assert relay.stdin is not None
@@ -117,5 +119,28 @@ async def test_a_late_done_does_not_answer_the_read_back_on_the_next_connection(
         await until(lambda: exa.received.count("show adj-rib out extensive") >= 2)
         await until(lambda: speaker.synced)
         assert list(speaker.sent) == [("10.0.0.1", "192.0.2.53/32")]  # what ExaBGP holds
+        await speaker.set_routes([])
+        assert exa.rib == {}
+
+
+class OtherHeaderExabgp(PipeExabgp):
+    """An ExaBGP whose ``show neighbor summary`` starts with another header line."""
+
+    def _run(self, cmd: str) -> list[str]:
+        if cmd == "show neighbor summary":
+            return ["Neighbor        AS        up/down state"]
+        return super()._run(cmd)
+
+
+async def test_a_barrier_answer_the_relay_cannot_recognise_does_not_wedge_it(
+    tmp_path: Path,
+) -> None:
+    # If the barrier's answer is never recognised, the relay must not hold every command
+    # forever (anycastd could then never withdraw): after its deadline it goes on.
+    speaker = ExabgpSpeaker(SETTINGS, tmp_path, command_timeout=5.0)
+    exa = OtherHeaderExabgp()
+    async with relayed(speaker, exa, "--barrier-timeout", "0.3"):
+        await speaker.set_routes([Route("192.0.2.53/32")])
+        assert "192.0.2.53/32" in exa.rib
         await speaker.set_routes([])
         assert exa.rib == {}
