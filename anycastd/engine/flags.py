@@ -66,11 +66,12 @@ class OperatorFlags:
         self.api: dict[str, ApiFlags] = {}
         self._node_maint = False
         # Flag files are read off the loop (a stat on a hung mount blocks the thread that
-        # makes it): ``_file_flags`` holds the last values read, ``_flag_read`` the read in
-        # its worker thread, if one is still running (then no second one is started).
+        # makes it): ``_file_flags`` holds the last values read; ``_stuck`` the paths whose
+        # stat has not returned, each with its hung read: they are left out of later reads
+        # (so one dead mount hides no other flag) until that read returns.
         self._flag_exists = exists
         self._file_flags: dict[Path, bool] = {}
-        self._flag_read: asyncio.Future[dict[Path, bool | OSError]] | None = None
+        self._stuck: dict[Path, asyncio.Future[dict[Path, bool | OSError]]] = {}
         self.known = False  # a first read has completed
         self._dry_run = False  # a dry run neither reads nor writes flags.json
 
@@ -154,31 +155,39 @@ class OperatorFlags:
         return sorted({p for p in paths if p is not None})
 
     async def _read_flag_files(self) -> None:
-        """Stat every flag file in a worker thread and remember the answers. While an
-        earlier read is still stuck no other one starts (a hung mount would otherwise
-        pile up a thread a second); the previous values stand meanwhile."""
-        if self._flag_read is not None and not self._flag_read.done():
-            return  # still stuck: logged when it timed out
-        paths, exists = self._flag_paths(), self._flag_exists
+        """Stat the flag files in a worker thread and remember the answers. A path whose
+        stat hangs is quarantined: later reads leave it out (its previous value stands)
+        until the hung read returns, so threads never pile up on one dead mount (at most
+        one per stuck path) and the other flags are still read."""
+        self._stuck = {p: f for p, f in self._stuck.items() if not f.done()}
+        paths = [p for p in self._flag_paths() if p not in self._stuck]
+        if not paths:
+            return
+        exists = self._flag_exists
+        current: list[Path] = []  # the path the thread is at (where it hangs, if it does)
 
         def read() -> dict[Path, bool | OSError]:
             out: dict[Path, bool | OSError] = {}
             for path in paths:
+                current[:] = [path]
                 try:
                     out[path] = exists(path)
                 except OSError as exc:
                     out[path] = exc
             return out
 
-        self._flag_read = read_in_thread(read, "anycastd-flags")
+        reading = read_in_thread(read, "anycastd-flags")
         try:
             async with asyncio.timeout(FLAG_READ_TIMEOUT):
-                result = await asyncio.shield(self._flag_read)
+                result = await asyncio.shield(reading)
         except TimeoutError:
+            stuck = current[0] if current else paths[0]
+            self._stuck[stuck] = reading
             event(log, "flag_files_stuck", level=logging.WARNING, timeout=FLAG_READ_TIMEOUT,
-                  paths=[str(p) for p in paths],
-                  detail="a flag file stat() has not returned (a hung mount?); keeping the "
-                  "previous maintenance/drain values until it does")
+                  path=str(stuck),
+                  detail="a flag file stat() has not returned (a hung mount?); its previous "
+                  "maintenance/drain value stands until it does; the other files are still "
+                  "read")
             return
         for path, value in result.items():
             if isinstance(value, OSError):

@@ -228,6 +228,36 @@ async def test_a_hung_flag_file_stat_does_not_freeze_the_loop(
         await wait_for(lambda: node.state("a") is ServiceState.MAINTENANCE)
 
 
+class OnePathHangs:
+    """A stat that hangs for one path (its mount is dead) and answers for the others."""
+
+    def __init__(self, hung: str) -> None:
+        self.hung = hung
+        self.release = threading.Event()
+
+    def __call__(self, path: Path) -> bool:
+        if path.name == self.hung:
+            self.release.wait(30.0)
+        return path.exists()
+
+
+async def test_one_hung_flag_file_does_not_hide_the_others(tmp_path: Path) -> None:
+    # An operator touching the maintenance file of "a" must be heard even while the mount
+    # of "b"'s flag file hangs (review finding on issue 8 #9).
+    stat = OnePathHangs("maintenance-b")
+    text = HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A) + fast(tmp_path, "b", B)
+    node = StatNode(tmp_path, text, stat=stat)
+    node.flag("a-ok").touch()
+    node.flag("b-ok").touch()
+    try:
+        async with running(node):
+            await wait_for(lambda: node.announced() == {A: (), B: ()}, within=10.0)
+            node.flag("maintenance-a").touch()
+            await wait_for(lambda: node.state("a") is ServiceState.MAINTENANCE, within=8.0)
+    finally:
+        stat.release.set()
+
+
 @dataclass
 class StatNode(Node):
     stat: Callable[[Path], bool] = Path.exists
