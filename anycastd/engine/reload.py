@@ -77,10 +77,10 @@ def check_specs(svc: ServiceConfig) -> list[CheckSpec]:
 def renamed(old_config: Config | None, new_config: Config) -> dict[str, str]:
     """New name -> old name of every service a reload renamed.
 
-    A service's identity is what it publishes and how its health is told: its prefixes and
-    its checks, not its name. A name that appears takes over the health of a name that went
-    away when both have the same identity; a match that is not one to one carries nothing
-    (there is no telling which health is whose)."""
+    A service's identity is what it publishes and how its health is told: its prefixes, its
+    checks and its real servers' checks, not its name. A name that appears takes over the
+    health of a name that went away when both have the same identity; a match that is not
+    one to one carries nothing (there is no telling which health is whose)."""
     if old_config is None:
         return {}
     old, new = old_config.services, new_config.services
@@ -95,7 +95,16 @@ def renamed(old_config: Config | None, new_config: Config) -> dict[str, str]:
 
 
 def _same_identity(a: ServiceConfig, b: ServiceConfig) -> bool:
-    return set(a.prefixes) == set(b.prefixes) and a.checks == b.checks
+    return (set(a.prefixes) == set(b.prefixes) and a.checks == b.checks
+            and _real_server_checks(a) == _real_server_checks(b))
+
+
+def _real_server_checks(svc: ServiceConfig) -> dict[tuple[str, int | None], object]:
+    """(address, port) -> checks of each real server: their health is carried too, so they
+    are part of the identity (weights and the like are not)."""
+    if svc.ipvs is None:
+        return {}
+    return {(str(rs.address), rs.port): rs.checks for rs in svc.ipvs.real_servers}
 
 
 def carry_over(

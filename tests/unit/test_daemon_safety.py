@@ -149,6 +149,27 @@ async def test_reload_that_renames_a_service_carries_its_real_servers_health(
         assert _messages(caplog, mark, "real_server_transition") == []
 
 
+async def test_a_rename_that_repoints_a_real_servers_check_does_not_carry_its_health(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Same prefixes and service checks, but the real server is now checked somewhere else:
+    # its old UP says nothing about the new check (review finding on issue 8 #5).
+    caplog.set_level(logging.INFO)
+    node = Node(tmp_path, HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path))
+    node.flag("web-ok").touch()
+    node.flag("rs2-ok").touch()
+    async with running(node):
+        await wait_for(lambda: node.announced() == {WEB_PREFIX: ()})
+        assert node.daemon is not None
+        mark = len(caplog.records)
+        text = _rename(node.text, "web", "www").replace("rs2-ok", "rs2-elsewhere")
+        node.path.write_text(text)
+        node.daemon.request_reload()
+        await wait_for(lambda: node.daemon is not None and node.daemon.reload_ok is True)
+        assert node.daemon.status()["real_servers"] == {"www/10.1.0.2:80": "down"}
+        assert _messages(caplog, mark, "reload_carried") == []
+
+
 # --------------------------------------------------------------------------- no [bgp]
 
 
