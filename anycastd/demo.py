@@ -46,8 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from anycastd.testing.frr import BGPD, FrrPeer
-from anycastd.testing.netns import Netns, stop_process, veth
+from anycastd.lab.frr import BGPD, FrrPeer
+from anycastd.lab.netns import Netns, stop_process, veth
 
 PREFIX = "198.51.100.10/32"
 ANYCAST = "198.51.100.10"

@@ -27,8 +27,8 @@ from typing import TypeVar
 
 from anycastd.actuators.loopback import NetlinkLoopback
 from anycastd.core.addresses import diff_addresses
+from anycastd.lab.netns import netns
 from anycastd.model import HostAddress
-from anycastd.testing.netns import netns
 
 T = TypeVar("T")
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anycastd.testing.frr import FrrPeer
-from anycastd.testing.netns import Netns, stop_process, veth, wait_for
+from anycastd.lab.frr import FrrPeer
+from anycastd.lab.netns import Netns, stop_process, veth, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.testing.netns import run
+from anycastd.lab.netns import run
 
 pytestmark = [
     pytest.mark.integration,

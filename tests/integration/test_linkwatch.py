@@ -19,8 +19,8 @@ import pytest
 from anycastd.actuators.errors import PermanentError
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import NetlinkLoopback
+from anycastd.lab.netns import Netns, netns
 from anycastd.model import AddAddress
-from anycastd.testing.netns import Netns, netns
 
 pytestmark = [
     pytest.mark.integration,

@@ -1,6 +1,6 @@
 """The loopback actuator and the sysctl module against the real kernel, in a namespace.
 
-Every test works on the ``lo`` of a namespace it created (anycastd/testing/netns.py); the host's
+Every test works on the ``lo`` of a namespace it created (anycastd/lab/netns.py); the host's
 own ``lo`` is snapshotted before and compared after each test. The scenario transcripts are
 shared with the fake (tests/unit/test_loopback_fake.py): same steps, same expected output.
 """
@@ -19,8 +19,8 @@ import pytest
 from anycastd.actuators.errors import PermanentError
 from anycastd.actuators.loopback import OWNER_PROTO, NetlinkLoopback
 from anycastd.core.addresses import conflicts, diff_addresses
+from anycastd.lab.netns import Netns, netns, run
 from anycastd.model import AddAddress, RemoveAddress
-from anycastd.testing.netns import Netns, netns, run
 from tests.unit.test_loopback_fake import LINK_SCENARIOS, SCENARIOS
 
 pytestmark = [
