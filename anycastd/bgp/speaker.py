@@ -105,7 +105,7 @@ def default_relay_argv() -> list[str]:
     script = Path(sys.executable).parent / "anycastd-exabgp-relay"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "anycastd.relay"]
+    return [sys.executable, "-m", "anycastd.bgp.relay"]
 
 
 def _pdeathsig(sig: int) -> Callable[[], None]:

@@ -87,7 +87,7 @@ async def relayed(
     server = asyncio.create_task(speaker.run())
     await until(speaker.socket_path.exists)
     relay = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "anycastd.relay", *options, str(speaker.socket_path),
+        sys.executable, "-m", "anycastd.bgp.relay", *options, str(speaker.socket_path),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
     assert relay.stdin is not None

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from anycastd.relay import BARRIER
+from anycastd.bgp.relay import BARRIER
 
-RELAY = [sys.executable, "-m", "anycastd.relay"]
+RELAY = [sys.executable, "-m", "anycastd.bgp.relay"]
 #: the answer to BARRIER (ExaBGP 5.0.15, one neighbor)
 SUMMARY = (b"Peer            AS        up/down state       |     #sent     #recvd\n"
            b"10.0.0.1        65000        0:01:00 established    1    1\n")
