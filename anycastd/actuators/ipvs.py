@@ -129,7 +129,7 @@ class OwnershipFile:
 
 class IpvsActuator(Protocol):
     """What the controller needs from IPVS; :class:`IpvsNetlink` and
-    ``anycastd.testing.ipvs.FakeIpvs`` implement it."""
+    ``anycastd.actuators.memory.MemoryIpvs`` implement it."""
 
     def observe(self) -> IpvsObserved:
         """The whole table. Raises TransientError/PermanentError."""

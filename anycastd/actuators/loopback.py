@@ -102,6 +102,7 @@ __all__ = [
     "LoopbackActuator",
     "NetlinkLoopback",
     "owner_label",
+    "raise_batch_failures",
 ]
 
 ACTUATOR = "loopback"
@@ -124,7 +125,7 @@ def owner_label(interface: str) -> str | None:
 
 
 class LoopbackActuator(Protocol):
-    """What the controller needs; ``NetlinkLoopback`` and ``testing.FakeLoopback`` do it."""
+    """What the controller needs; ``NetlinkLoopback`` and ``memory.MemoryLoopback`` do it."""
 
     @property
     def writes(self) -> int:
@@ -134,6 +135,17 @@ class LoopbackActuator(Protocol):
     def observe(self) -> LoopbackObserved: ...
 
     def apply(self, actions: Sequence[AddressAction]) -> None: ...
+
+
+def raise_batch_failures(failures: Sequence[ActuatorError]) -> None:
+    """The end of a batch whose every action was attempted: raise the first failure (a
+    PermanentError if any failure was permanent), counting the others; nothing if none.
+    Shared with the in-memory twin (``actuators.memory.MemoryLoopback``)."""
+    if failures:
+        permanent = [f for f in failures if not f.transient]
+        first = (permanent or failures)[0]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise type(first)(ACTUATOR, f"{first.message}{more}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,11 +360,7 @@ class NetlinkLoopback:
         for chunk_start in range(0, len(actions), BATCH):
             chunk = actions[chunk_start : chunk_start + BATCH]
             failures.extend(self._apply_chunk(index, chunk))
-        if failures:
-            permanent = [f for f in failures if not f.transient]
-            first = (permanent or failures)[0]
-            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise type(first)(ACTUATOR, f"{first.message}{more}")
+        raise_batch_failures(failures)
 
     # -- netlink I/O
 

@@ -19,13 +19,12 @@ from anycastd.actuators.errors import ActuatorError, PermanentError
 from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
+from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback
 from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
 from anycastd.config import BgpConfig, Config
 from anycastd.engine.controller import NullSpeaker
 from anycastd.errors import StartupError
 from anycastd.model import BgpSettings, Neighbor
-from anycastd.testing.ipvs import FakeIpvs
-from anycastd.testing.loopback import FakeLoopback
 
 
 @dataclass
@@ -118,6 +117,6 @@ def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -
             seen = real.observe()
     except (ActuatorError, OSError, PermanentError):
         seen = None  # no such interface or no netlink: start from an empty one
-    lo = FakeLoopback(config.global_.interface, seen.addresses if seen else ())
-    ipvs = FakeIpvs() if _needs_ipvs(config) else None
+    lo = MemoryLoopback(config.global_.interface, seen.addresses if seen else ())
+    ipvs = MemoryIpvs() if _needs_ipvs(config) else None
     return World(lo, ipvs, NullSpeaker(), None, dry_run=True)
