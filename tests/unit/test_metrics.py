@@ -5,10 +5,8 @@ Update the snapshot after an intended change with ``ANYCASTD_UPDATE_SNAPSHOTS=1 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import prometheus_client
 import pytest
@@ -31,21 +29,16 @@ from anycastd.core.health import (
 )
 from anycastd.engine.scheduler import CheckRun
 from anycastd.observe.metrics import CHECK_RESULTS, CONTENT_TYPE, Metrics
+from tests.unit.snapshots import check_snapshot
 
-SNAPSHOTS = Path(__file__).parent / "data" / "snapshots"
 Labels = frozenset[tuple[str, str]]
 
 
-def check_snapshot(name: str, text: str) -> None:
-    path = SNAPSHOTS / name
-    if os.environ.get("ANYCASTD_UPDATE_SNAPSHOTS") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing snapshot {path}; run with ANYCASTD_UPDATE_SNAPSHOTS=1"
-    assert text == path.read_text(), (
-        f"{name} changed: metric names/labels are public API. If intended, regenerate with "
-        "ANYCASTD_UPDATE_SNAPSHOTS=1 and say so in the changelog."
-    )
+#: what a changed snapshot means, and how to regenerate it
+METRICS_CHANGED = (
+    "metric names/labels are public API. If intended, regenerate with "
+    "ANYCASTD_UPDATE_SNAPSHOTS=1 and say so in the changelog."
+)
 
 
 def samples(m: Metrics) -> dict[tuple[str, Labels], float]:
@@ -120,7 +113,7 @@ def test_metric_names_and_labels_match_snapshot() -> None:
         labels = sorted({k for s in fam.samples for k in s.labels} - {"le"})
         exposed = fam.name + "_total" if fam.type == "counter" else fam.name
         lines.add(f"{exposed} {fam.type} {','.join(labels) or '-'}")
-    check_snapshot("metrics.txt", "\n".join(sorted(lines)) + "\n")
+    check_snapshot("metrics.txt", "\n".join(sorted(lines)) + "\n", why=METRICS_CHANGED)
 
 
 def test_every_family_is_anycastd_namespaced_and_in_base_units() -> None:

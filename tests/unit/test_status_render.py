@@ -6,9 +6,7 @@ Update the snapshot after an intended change with ``ANYCASTD_UPDATE_SNAPSHOTS=1 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,21 +26,16 @@ from anycastd.observe.status import (
     format_age,
     render_text,
 )
+from tests.unit.snapshots import check_snapshot
 
-SNAPSHOTS = Path(__file__).parent / "data" / "snapshots"
 WALL = 1_764_354_823.0  # 2025-11-28 18:33:43 UTC
 
 
-def check_snapshot(name: str, text: str) -> None:
-    path = SNAPSHOTS / name
-    if os.environ.get("ANYCASTD_UPDATE_SNAPSHOTS") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing snapshot {path}; run with ANYCASTD_UPDATE_SNAPSHOTS=1"
-    assert text == path.read_text(), (
-        f"{name} changed: the status JSON is public API. If intended, regenerate with "
-        "ANYCASTD_UPDATE_SNAPSHOTS=1 (and bump SCHEMA_VERSION for an incompatible change)."
-    )
+#: what a changed snapshot means, and how to regenerate it
+STATUS_CHANGED = (
+    "the status JSON is public API. If intended, regenerate with "
+    "ANYCASTD_UPDATE_SNAPSHOTS=1 (and bump SCHEMA_VERSION for an incompatible change)."
+)
 
 
 def key_paths(value: Any, prefix: str = "") -> set[str]:
@@ -116,7 +109,7 @@ def doc(**kw: Any) -> dict[str, Any]:
 
 def test_status_keys_match_snapshot() -> None:
     paths = key_paths(doc())
-    check_snapshot("status_keys.txt", "\n".join(sorted(paths)) + "\n")
+    check_snapshot("status_keys.txt", "\n".join(sorted(paths)) + "\n", why=STATUS_CHANGED)
 
 
 def test_document_is_json_ready_and_round_trips() -> None:
