@@ -125,9 +125,9 @@ def main() -> None:
     sys.path.insert(0, str(REPO))  # the repo root: anycastd and tests.* (run as a script)
     from anycastd.bgp.commands import diff_rib
     from anycastd.core.rib import resolve
+    from anycastd.lab.frr import FrrPeer
+    from anycastd.lab.netns import Netns, veth, wait_for
     from anycastd.model import BgpSettings, Neighbor, Route
-    from anycastd.testing.frr import FrrPeer
-    from anycastd.testing.netns import Netns, veth, wait_for
     from tests.integration.bgp_support import EXABGP, SpeakerDriver
 
     parser = argparse.ArgumentParser()

@@ -34,17 +34,22 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.bgp.client import ACTUATOR, ApiConnection
 from anycastd.bgp.commands import apply_command, diff_rib, parse_adj_rib_out, render_config
+from anycastd.bgp.protocol import FatalCallback, PeerCallback, PeerState, ResyncCallback, Speaker
 from anycastd.core.rib import PlanError, resolve
 from anycastd.model import ALL_NEIGHBORS, BgpSettings, ResolvedAttributes, Rib, RibKey, Route
+
+# PeerState and Speaker stay importable from here until anycastd/testing/exabgp.py imports
+# them from anycastd.bgp.protocol (their home).
+__all__ = ["ExabgpSpeaker", "PeerState", "Speaker", "default_relay_argv"]
 
 log = logging.getLogger("anycastd.bgp")
 exabgp_log = logging.getLogger("anycastd.exabgp")
@@ -54,50 +59,6 @@ _PR_SET_PDEATHSIG = 1
 _STABLE_RUN = 60.0
 #: ``exabgp validate`` parses one small file; minutes mean it hangs.
 VALIDATE_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class PeerState:
-    """A BGP session as ExaBGP last reported it (``neighbor-changes``)."""
-
-    address: str
-    name: str
-    up: bool = False
-    state: str = "unknown"
-    reason: str = ""
-
-
-PeerCallback = Callable[[PeerState], None]
-#: Called after every read-back the speaker did on its own (``sent`` may have changed).
-ResyncCallback = Callable[[], None]
-#: Called with an unexpected exception of a background loop (the loop carries on).
-FatalCallback = Callable[[BaseException], None]
-
-
-class Speaker(Protocol):
-    """What the controller needs from a BGP speaker (real: ExabgpSpeaker; fake: FakeSpeaker)."""
-
-    async def set_routes(self, routes: Iterable[Route]) -> None:
-        """Make ``routes`` the announced set; send only the difference.
-
-        Raises TransientError when ExaBGP is not reachable (the routes are kept and sent on
-        connect) and PermanentError when ExaBGP rejected a command."""
-
-    async def resync(self) -> None:
-        """Read the announced routes back and withdraw those not desired; never announce.
-        Then report (``on_resync``): the controller's pass decides what to announce."""
-
-    async def update_settings(self, settings: BgpSettings) -> None:
-        """Apply a reloaded ``[bgp]`` section; unchanged sessions stay up.
-        PermanentError (old settings kept) if the new ones are rejected."""
-
-    @property
-    def peers(self) -> Mapping[str, PeerState]:
-        """Per-peer session state, keyed by peer address."""
-
-    @property
-    def connected(self) -> bool:
-        """True while the relay is connected (commands can be sent)."""
 
 
 def default_relay_argv() -> list[str]:

@@ -25,13 +25,14 @@ import concurrent.futures
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.actuators.ipvs import IpvsActuator
 from anycastd.actuators.loopback import LoopbackActuator
+from anycastd.bgp.protocol import Speaker
 from anycastd.config import Config
 from anycastd.core.desired import Desired, RealServerKey, compute
 from anycastd.core.health import CheckState, ServiceHealth, ServiceState
@@ -52,8 +53,6 @@ from anycastd.model import (
     BgpSettings,
     IpvsObserved,
     LoopbackObserved,
-    ResolvedAttributes,
-    RibKey,
     Route,
     VirtualService,
 )
@@ -81,26 +80,9 @@ WITHDRAW_SETTLE = 0.05
 STALL_LIMIT = 120.0
 
 
-class RouteSpeaker(Protocol):
-    """What the controller needs of a speaker: take a route set, show its RIB-out."""
-
-    async def set_routes(self, routes: Iterable[Route]) -> None: ...
-
-    @property
-    def sent(self) -> Mapping[RibKey, ResolvedAttributes]: ...
-
-    @property
-    def ever_synced(self) -> bool:
-        """``sent`` has been read back from the speaker at least once (else it is empty
-        for lack of knowledge, not because nothing is announced)."""
-        ...
-
-
-class NullSpeaker:
-    """No ``[bgp]`` section: routes go nowhere; the controller remembers what it 'sent'."""
-
-    async def set_routes(self, routes: Iterable[Route]) -> None:
-        del routes
+#: The old name of :class:`anycastd.bgp.protocol.Speaker`, until anycastd/testing/exabgp.py
+#: stops importing it from here.
+RouteSpeaker = Speaker
 
 
 @dataclass
@@ -140,7 +122,7 @@ class Controller:
         *,
         loopback: LoopbackActuator,
         ipvs: IpvsActuator | None,
-        speaker: RouteSpeaker | NullSpeaker,
+        speaker: Speaker,
         bgp_settings: BgpSettings | None,
         states: Callable[[], Mapping[str, ServiceState]],
         real_servers_up: Callable[[], Mapping[RealServerKey, bool]],
@@ -208,7 +190,7 @@ class Controller:
         if self.ipvs is not None:
             ipvs_obs = await self._in_thread(self.ipvs.observe)
             owned = self.ipvs.owned()
-        if isinstance(self.speaker, NullSpeaker) or self.bgp_settings is None:
+        if self.bgp_settings is None:
             announced: frozenset[Route] = frozenset()  # no [bgp]: nothing is announced
         elif not self.speaker.ever_synced:
             # Nothing read back yet: an empty RIB-out here means "unknown", and planning on

@@ -35,7 +35,8 @@ from pathlib import Path
 from anycastd.actuators import sysctl
 from anycastd.actuators.errors import ActuatorError
 from anycastd.actuators.linkwatch import LinkWatcher
-from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
+from anycastd.bgp.protocol import PeerState
+from anycastd.bgp.speaker import ExabgpSpeaker
 from anycastd.config import Config
 from anycastd.core.health import (
     CheckTransition,

@@ -20,9 +20,9 @@ from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
 from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback
-from anycastd.bgp.speaker import ExabgpSpeaker, PeerState
+from anycastd.bgp.protocol import NullSpeaker, PeerState, Speaker
+from anycastd.bgp.speaker import ExabgpSpeaker
 from anycastd.config import BgpConfig, Config
-from anycastd.engine.controller import NullSpeaker
 from anycastd.errors import StartupError
 from anycastd.model import BgpSettings, Neighbor
 
@@ -31,7 +31,7 @@ from anycastd.model import BgpSettings, Neighbor
 class World:
     loopback: LoopbackActuator
     ipvs: IpvsActuator | None
-    speaker: ExabgpSpeaker | NullSpeaker
+    speaker: Speaker
     bgp_settings: BgpSettings | None
     closers: list[Callable[[], None]] = field(default_factory=list)
     dry_run: bool = False  # in-memory copies: the node itself is never written
@@ -100,7 +100,7 @@ def build_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> 
         ipvs = IpvsNetlink(Path(g.state_dir))
         closers.append(ipvs.close)
     settings = bgp_settings(config.bgp) if config.bgp is not None else None
-    speaker: ExabgpSpeaker | NullSpeaker
+    speaker: Speaker
     if settings is not None:
         speaker = ExabgpSpeaker(settings, Path(g.runtime_dir), on_peer_change=on_peer_change)
     else:

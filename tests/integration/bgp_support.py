@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from anycastd.actuators.errors import ActuatorError
-from anycastd.actuators.exabgp import Attributes, BgpSettings, ExabgpSpeaker, Neighbor, Route
-from anycastd.testing.netns import Netns, stop_process, wait_for
+from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.lab.netns import Netns, stop_process, wait_for
+from anycastd.model import Attributes, BgpSettings, Neighbor, Route
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.exabgp import Attributes, BgpSettings, Neighbor, Route
-from anycastd.testing.frr import FrrPeer
-from anycastd.testing.netns import Netns, veth, wait_for
+from anycastd.lab.frr import FrrPeer
+from anycastd.lab.netns import Netns, veth, wait_for
+from anycastd.model import Attributes, BgpSettings, Neighbor, Route
 from tests.integration.bgp_support import (
     EXABGP,
     SpeakerDriver,

@@ -14,17 +14,10 @@ from pathlib import Path
 import pytest
 
 from anycastd.actuators.errors import PermanentError, TransientError
-from anycastd.actuators.exabgp import (
-    Attributes,
-    BgpSettings,
-    CommandError,
-    ExabgpSpeaker,
-    Neighbor,
-    PeerState,
-    Route,
-    Speaker,
-)
-from anycastd.bgp.speaker import log_exabgp_line
+from anycastd.bgp.client import CommandError
+from anycastd.bgp.protocol import PeerState, Speaker
+from anycastd.bgp.speaker import ExabgpSpeaker, log_exabgp_line
+from anycastd.model import Attributes, BgpSettings, Neighbor, Route
 from anycastd.testing.exabgp import FakeSpeaker
 
 SETTINGS = BgpSettings(
