@@ -9,7 +9,8 @@ from anycastd.config import Config, loads
 from anycastd.core.health import ServiceState
 from anycastd.engine.backends import Backends
 from anycastd.model import VirtualService
-from tests.unit.test_daemon import HEAD, Node, running, wait_for
+from tests.unit.configs import DAEMON_HEAD
+from tests.unit.test_daemon import Node, running, wait_for
 
 WEB = """
 [services.web]
@@ -39,7 +40,7 @@ VS = VirtualService("tcp", "192.0.2.10", 80)
 
 def config(tmp: Path, start_state: str = "down") -> Config:
     web = WEB.format(tmp=tmp).replace("rise = 1", f'rise = 1\nstart_state = "{start_state}"')
-    return loads(HEAD.format(tmp=tmp) + web)
+    return loads(DAEMON_HEAD.format(tmp=tmp) + web)
 
 
 def test_real_server_without_checks_counts_as_up(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_initial_carries_an_unchanged_real_servers_health_over(tmp_path: Path) -
 async def test_failing_real_server_gets_weight_zero_and_passing_one_its_weight(
     tmp_path: Path,
 ) -> None:
-    node = Node(tmp_path, HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path))
+    node = Node(tmp_path, DAEMON_HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path))
     node.flag("web-ok").touch()
     async with running(node):
         await wait_for(lambda: node.announced() == {"192.0.2.10/32": ()})
@@ -102,7 +103,7 @@ def weights(node: Node) -> dict[str, int]:
 def test_initial_carries_a_renamed_services_real_server_health_over(tmp_path: Path) -> None:
     first = Backends(config(tmp_path)).initial({}, 0.0)
     first["web/10.1.0.2:80"] = first["web/10.1.0.2:80"].feed("file-0", True, "ok", 1.0).health
-    www = loads(HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path).replace("services.web",
+    www = loads(DAEMON_HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path).replace("services.web",
                                                                              "services.www"))
     renamed = Backends(www)
     after = renamed.initial(first, 5.0, {"www": "web"})

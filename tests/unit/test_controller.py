@@ -39,25 +39,11 @@ from anycastd.testing.clock import FakeClock
 from anycastd.testing.exabgp import FakeSpeaker
 from anycastd.testing.ipvs import FakeIpvs
 from anycastd.testing.loopback import FakeLoopback
+from tests.unit.configs import CONTROLLER_HEAD
 
 UP, DOWN = ServiceState.UP, ServiceState.DOWN
 #: a planned take-down: it demotes and drains (a failure, DOWN, withdraws at once)
 MAINTENANCE = ServiceState.MAINTENANCE
-
-HEAD = """
-[global]
-node = "t"
-reconcile_interval = "30s"
-[api]
-enabled = false
-[bgp]
-router_id = "192.0.2.1"
-local_as = 65001
-[[bgp.neighbors]]
-address = "127.0.0.2"
-peer_as = 65000
-local_address = "127.0.0.1"
-"""
 
 #: ``web``: an IPVS service; ``dns``: a plain one. Both drain for 10 s by default.
 WEB = """
@@ -95,7 +81,7 @@ RS2: RealServerKey = ("web", "10.1.0.2", 80)
 
 def config(*, web: bool = True, dns: bool = False, shutdown: str = "drain-then-withdraw",
            min_healthy: int = 1) -> Config:
-    text = HEAD
+    text = CONTROLLER_HEAD
     if web:
         text += WEB.format(shutdown=shutdown, min_healthy=min_healthy)
     if dns:

@@ -27,27 +27,9 @@ from anycastd.observe.systemd import Notifier
 from anycastd.testing.exabgp import FakeSpeaker
 from anycastd.testing.ipvs import FakeIpvs
 from anycastd.testing.loopback import FakeLoopback
+from tests.unit.configs import DAEMON_HEAD
 
 A, B = "192.0.2.1/32", "192.0.2.2/32"
-
-HEAD = """
-[global]
-node = "t"
-reconcile_interval = "30s"
-state_dir = "{tmp}"
-runtime_dir = "{tmp}"
-[api]
-enabled = false
-[metrics]
-enabled = false
-[bgp]
-router_id = "192.0.2.1"
-local_as = 65001
-[[bgp.neighbors]]
-address = "127.0.0.2"
-peer_as = 65000
-local_address = "127.0.0.1"
-"""
 
 #: A fast file-checked service: rise/fall 1, 50 ms interval, 300 ms drain.
 FAST = """
@@ -156,7 +138,7 @@ async def running(node: Node) -> AsyncIterator[asyncio.Task[int]]:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
-    return Node(tmp_path, HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A))
+    return Node(tmp_path, DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A))
 
 
 async def test_file_check_up_is_announced(node: Node) -> None:
@@ -240,7 +222,7 @@ async def test_reload_leaves_an_unchanged_service_alone(tmp_path: Path) -> None:
     # only changes if the reload touches it.
     slow_b = fast(tmp_path, "b", B).replace('"50ms"', '"24h"').replace(
         'timeout = "25ms"', 'timeout = "1s"\nstart_state = "up"')
-    node = Node(tmp_path, HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A) + slow_b)
+    node = Node(tmp_path, DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A) + slow_b)
     node.flag("a-ok").touch()
     node.flag("b-ok").touch()
     async with running(node):
@@ -276,7 +258,7 @@ async def test_invalid_reload_keeps_the_running_config(node: Node) -> None:
 
 
 async def test_stop_runs_each_shutdown_policy_and_exits_zero(tmp_path: Path) -> None:
-    text = (HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="withdraw")
+    text = (DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="withdraw")
             + fast(tmp_path, "b", B, shutdown="keep"))
     node = Node(tmp_path, text)
     node.flag("a-ok").touch()
@@ -296,7 +278,7 @@ async def test_stop_runs_each_shutdown_policy_and_exits_zero(tmp_path: Path) -> 
 async def test_reload_that_removes_a_service_withdraws_it_and_removes_its_address(
     tmp_path: Path,
 ) -> None:
-    head = HEAD.format(tmp=tmp_path)
+    head = DAEMON_HEAD.format(tmp=tmp_path)
     node = Node(tmp_path, head + fast(tmp_path, "a", A) + fast(tmp_path, "b", B))
     node.flag("a-ok").touch()
     node.flag("b-ok").touch()
@@ -322,7 +304,8 @@ async def test_api_flags_survive_a_restart(node: Node) -> None:
         assert node.daemon.set_flag("a", "maintenance", True) is True
         await wait_for(lambda: node.announced() == {})
     assert (node.tmp / "flags.json").exists()
-    restarted = Node(node.tmp, HEAD.format(tmp=node.tmp) + fast(node.tmp, "a", A), dry_run=False)
+    restarted = Node(node.tmp, DAEMON_HEAD.format(tmp=node.tmp) + fast(node.tmp, "a", A),
+                     dry_run=False)
     async with running(restarted):
         await wait_for(lambda: restarted.daemon is not None and restarted.state("a")
                        is ServiceState.MAINTENANCE)
@@ -351,7 +334,7 @@ async def test_checks_failing_during_a_maintenance_drain_withdraw_at_once(
     # Maintenance outranks the checks in the state, so failing checks change no state: the
     # controller must still hear of it, or the planned drain (5 s here) would keep feeding
     # a dead service. Review finding on issue 8 #3.
-    node = Node(tmp_path, HEAD.format(tmp=tmp_path)
+    node = Node(tmp_path, DAEMON_HEAD.format(tmp=tmp_path)
                 + fast(tmp_path, "a", A).replace('drain_time = "300ms"', 'drain_time = "5s"'))
     node.flag("a-ok").touch()
     async with running(node):

@@ -26,14 +26,15 @@ from anycastd.observe.metrics import Metrics
 from anycastd.observe.status import render_text
 from anycastd.observe.systemd import Notifier
 from anycastd.testing.loopback import FakeLoopback
-from tests.unit.test_daemon import HEAD, Node, fast, running, wait_for
+from tests.unit.configs import DAEMON_HEAD
+from tests.unit.test_daemon import Node, fast, running, wait_for
 
 A, B = "192.0.2.1/32", "192.0.2.2/32"
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
-    return Node(tmp_path, HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A))
+    return Node(tmp_path, DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A))
 
 
 def _rename(text: str, old: str, new: str) -> str:
@@ -127,7 +128,7 @@ async def test_reload_that_renames_a_service_carries_its_real_servers_health(
 ) -> None:
     # min_healthy = 2: a real server reset to "not proven yet" would take the service down
     caplog.set_level(logging.INFO)
-    node = Node(tmp_path, HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path))
+    node = Node(tmp_path, DAEMON_HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path))
     node.flag("web-ok").touch()
     node.flag("rs2-ok").touch()
     async with running(node):
@@ -155,7 +156,7 @@ async def test_a_rename_that_repoints_a_real_servers_check_does_not_carry_its_he
     # Same prefixes and service checks, but the real server is now checked somewhere else:
     # its old UP says nothing about the new check (review finding on issue 8 #5).
     caplog.set_level(logging.INFO)
-    node = Node(tmp_path, HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path))
+    node = Node(tmp_path, DAEMON_HEAD.format(tmp=tmp_path) + WEB.format(tmp=tmp_path))
     node.flag("web-ok").touch()
     node.flag("rs2-ok").touch()
     async with running(node):
@@ -174,7 +175,7 @@ async def test_a_rename_that_repoints_a_real_servers_check_does_not_carry_its_he
 
 
 async def test_without_bgp_nothing_is_reported_announced(tmp_path: Path) -> None:
-    text = HEAD.format(tmp=tmp_path).split("[bgp]")[0] + fast(tmp_path, "a", A)
+    text = DAEMON_HEAD.format(tmp=tmp_path).split("[bgp]")[0] + fast(tmp_path, "a", A)
     node = NoBgpNode(tmp_path, text, dry_run=False)  # the controller feeds the metrics
     node.flag("a-ok").touch()
     async with running(node):
@@ -221,7 +222,7 @@ async def test_a_hung_flag_file_stat_does_not_freeze_the_loop(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stat = BlockingStat()
-    node = StatNode(tmp_path, HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A), stat=stat)
+    node = StatNode(tmp_path, DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A), stat=stat)
     node.flag("a-ok").touch()
     async with running(node):
         await wait_for(lambda: node.announced() == {A: ()})
@@ -266,7 +267,7 @@ async def test_one_hung_flag_file_does_not_hide_the_others(tmp_path: Path) -> No
     # An operator touching the maintenance file of "a" must be heard even while the mount
     # of "b"'s flag file hangs (review finding on issue 8 #9).
     stat = OnePathHangs("maintenance-b")
-    text = HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A) + fast(tmp_path, "b", B)
+    text = DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A) + fast(tmp_path, "b", B)
     node = StatNode(tmp_path, text, stat=stat)
     node.flag("a-ok").touch()
     node.flag("b-ok").touch()
@@ -307,7 +308,7 @@ async def test_a_crashed_task_fails_closed_withdraws_everything_and_exits_70(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # "b" has shutdown = "keep": an orderly stop keeps it, a crash must not
-    text = (HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A)
+    text = (DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A)
             + fast(tmp_path, "b", B, shutdown="keep"))
     lo = BuggyLoopback()
     node = Node(tmp_path, text, lo=lo)
@@ -335,7 +336,7 @@ async def test_a_bug_the_speaker_reports_fails_closed_too(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # what ExabgpSpeaker's on_fatal calls when one of its own loops died
-    text = HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="keep")
+    text = DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="keep")
     node = Node(tmp_path, text)
     node.flag("a-ok").touch()
     async with running(node) as task:
@@ -365,7 +366,7 @@ async def test_a_crash_whose_fail_closed_stop_fails_too_still_withdraws_every_ro
 ) -> None:
     # The bug that crashed the controller may sit in the path the fail-closed stop uses:
     # the routes must go anyway (review finding on issue 8 #8).
-    text = HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="keep")
+    text = DAEMON_HEAD.format(tmp=tmp_path) + fast(tmp_path, "a", A, shutdown="keep")
     lo = AlwaysBuggyLoopback()
     node = Node(tmp_path, text, lo=lo)
     node.flag("a-ok").touch()

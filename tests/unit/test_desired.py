@@ -10,7 +10,7 @@ from anycastd.config import Config, loads
 from anycastd.core.desired import Guard, compute, effective_state
 from anycastd.core.health import ServiceState as S
 from anycastd.model import Attributes, RealServer, Route, ServiceSpec, VirtualService
-from tests.unit.test_plan import BGP_HEAD
+from tests.unit.configs import BGP_HEAD
 
 CHECK = 'checks = [{type = "tcp", host = "127.0.0.1", port = 80}]'
 

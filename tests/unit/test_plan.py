@@ -49,6 +49,7 @@ from anycastd.model import (
 from anycastd.testing.exabgp import FakeSpeaker
 from anycastd.testing.ipvs import FakeIpvs
 from anycastd.testing.loopback import FakeLoopback
+from tests.unit.configs import BGP_HEAD
 
 CHECK = 'checks = [{type = "tcp", host = "127.0.0.1", port = 80}]'
 _T = TypeVar("_T")
@@ -288,18 +289,6 @@ class Harness:
         self.state = ControllerState()
         self.world.restart_anycastd()
 
-
-#: A [bgp] section for the planner's configs: without one nothing is announced.
-BGP_HEAD = """
-[bgp]
-router_id = "192.0.2.1"
-local_as = 65001
-[[bgp.neighbors]]
-address = "127.0.0.2"
-peer_as = 65000
-local_address = "127.0.0.1"
-families = ["ipv4 unicast", "ipv6 unicast"]
-"""
 
 
 def config(text: str, *, bgp: bool = True) -> Config:
