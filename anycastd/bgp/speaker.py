@@ -3,7 +3,8 @@
 It serves a unix socket in the runtime directory; the relay (``anycastd-exabgp-relay``, run by
 ExaBGP as its API ``process``) connects to it. Managed mode also writes ExaBGP's config,
 validates it, and runs ExaBGP as a supervised child that dies with anycastd (fail closed:
-PR_SET_PDEATHSIG). External mode only serves the socket: same code path otherwise.
+PR_SET_PDEATHSIG), through :class:`~anycastd.bgp.supervisor.ExabgpSupervisor`. External
+mode only serves the socket: same code path otherwise.
 
 State kept: ``desired`` (what the controller asked for) and ``sent`` (what ExaBGP
 acknowledged, or reported in ``show adj-rib out`` after a reconnect). ``set_routes`` sends
@@ -23,27 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
-import pwd
 import shutil
-import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
-
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.bgp.client import ACTUATOR, ApiConnection
 from anycastd.bgp.commands import apply_command, diff_rib, parse_adj_rib_out, render_config
 from anycastd.bgp.protocol import FatalCallback, PeerCallback, PeerState, ResyncCallback, Speaker
+from anycastd.bgp.supervisor import ExabgpSupervisor
 from anycastd.core.rib import PlanError, resolve
 from anycastd.model import ALL_NEIGHBORS, BgpSettings, ResolvedAttributes, Rib, RibKey, Route
 
@@ -52,14 +47,6 @@ from anycastd.model import ALL_NEIGHBORS, BgpSettings, ResolvedAttributes, Rib, 
 __all__ = ["ExabgpSpeaker", "PeerState", "Speaker", "default_relay_argv"]
 
 log = logging.getLogger("anycastd.bgp")
-exabgp_log = logging.getLogger("anycastd.exabgp")
-
-_PR_SET_PDEATHSIG = 1
-#: An ExaBGP that ran this long before exiting restarts without the accumulated backoff.
-_STABLE_RUN = 60.0
-#: ``exabgp validate`` parses one small file; minutes mean it hangs.
-VALIDATE_TIMEOUT = 30.0
-
 
 def default_relay_argv() -> list[str]:
     """The relay next to this interpreter (console script), else ``python -m``."""
@@ -67,65 +54,6 @@ def default_relay_argv() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "anycastd.bgp.relay"]
-
-
-def _pdeathsig(sig: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets ``sig`` when the thread that forked it dies.
-
-    libc is loaded here, in the parent: between fork and exec the child only makes the
-    prctl call (no dlopen, no allocation under locks another thread may hold). The loop
-    that starts ExaBGP must run in the daemon's main thread (asyncio's default)."""
-    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:  # pragma: no cover - runs in the forked child
-        if prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-            os._exit(71)
-        # the parent may have died between fork and prctl: then nobody would signal us
-        if os.getppid() != parent:
-            os._exit(71)
-
-    return preexec
-
-
-def _user_name() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:  # a uid without a passwd entry (containers)
-        return "root" if os.geteuid() == 0 else str(os.geteuid())
-
-
-def exabgp_env(
-    base: Mapping[str, str] | None = None, *, log_level: str = "WARNING"
-) -> dict[str, str]:
-    """ExaBGP's settings for managed mode. ``log_level`` WARNING by default: at INFO ExaBGP
-    logs a line per announced prefix, which costs more CPU than the announcement itself
-    (measured: 10,000 prefixes went from 1.0x to 1.4x of a bare ExaBGP's time); anycastd logs
-    its own changes and the session events."""
-    env = dict(os.environ if base is None else base)
-    env.update(
-        {
-            "exabgp_log_level": log_level,
-            "exabgp_daemon_user": _user_name(),
-            "exabgp_daemon_daemonize": "false",
-            "exabgp_daemon_pid": "",
-            "exabgp_log_statistics": "false",
-            "exabgp_log_destination": "stdout",
-            "exabgp_api_cli": "false",
-            "exabgp_api_ack": "true",
-            "exabgp_api_respawn": "true",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
-class _ExabgpExited(Exception):
-    pass
-
-
-class _StableRunEnded(Exception):
-    pass
 
 
 class ExabgpSpeaker:
@@ -156,10 +84,12 @@ class ExabgpSpeaker:
         self.on_peer_change = on_peer_change
         self.on_resync = on_resync
         self.on_fatal = on_fatal
-        self.restart_backoff = restart_backoff
         # who may connect as the relay: ExaBGP's user (external mode: maybe not ours)
         self.socket_mode = socket_mode
-        self._env = exabgp_env(env, log_level=exabgp_log_level)
+        self._supervisor = ExabgpSupervisor(
+            settings.exabgp, self.config_path, env=env, log_level=exabgp_log_level,
+            restart_backoff=restart_backoff, on_exit=self._exabgp_exited,
+        )
         self._routes: tuple[Route, ...] = ()
         self._desired: Rib = {}
         # until the controller has said what it wants, a (re)connect only reads back: an
@@ -180,8 +110,6 @@ class ExabgpSpeaker:
         self._connected_event = asyncio.Event()
         self._synced = False
         self._ever_synced = False
-        self.exabgp_pid: int | None = None
-        self.exabgp_starts = 0
         self.commands_sent = 0
 
     # -- public surface ---------------------------------------------------------------------
@@ -192,6 +120,16 @@ class ExabgpSpeaker:
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed.is_set()
+
+    @property
+    def exabgp_pid(self) -> int | None:
+        """Managed mode: the running ExaBGP's pid (None while it is not running)."""
+        return self._supervisor.exabgp_pid
+
+    @property
+    def exabgp_starts(self) -> int:
+        """Managed mode: how many times ExaBGP has been started."""
+        return self._supervisor.exabgp_starts
 
     @property
     def ever_synced(self) -> bool:
@@ -253,39 +191,7 @@ class ExabgpSpeaker:
         PermanentError carrying ExaBGP's message otherwise."""
         settings = settings or self.settings
         text = render_config(settings, self.relay_argv, str(self.socket_path))
-        self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        candidate = self.config_path.with_suffix(".new")
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # md5 passwords
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                settings.exabgp,
-                "validate",
-                str(candidate),
-                env=self._env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        except OSError as exc:
-            raise PermanentError(ACTUATOR, f"cannot run {settings.exabgp!r}: {exc}") from exc
-        try:
-            async with asyncio.timeout(VALIDATE_TIMEOUT):
-                out, _ = await proc.communicate()
-        except TimeoutError:
-            await _terminate(proc)
-            raise PermanentError(
-                ACTUATOR, f"`exabgp validate` gave no answer within {VALIDATE_TIMEOUT:.0f}s"
-            ) from None
-        if proc.returncode != 0:
-            message = " | ".join(
-                line.strip() for line in out.decode("utf-8", "replace").splitlines() if line.strip()
-            )
-            raise PermanentError(
-                ACTUATOR, f"ExaBGP rejected the generated configuration {candidate}: "
-                f"{message[-2000:]}"
-            )
-        os.replace(candidate, self.config_path)
+        await self._supervisor.validate(text)
 
     async def update_settings(self, settings: BgpSettings) -> None:
         """Apply a reloaded ``[bgp]`` section without touching unchanged sessions.
@@ -320,9 +226,8 @@ class ExabgpSpeaker:
             self._peers[n.address] = (
                 replace(old, name=n.label) if old else PeerState(address=n.address, name=n.label)
             )
-        if settings.mode == "managed" and self.exabgp_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.exabgp_pid, signal.SIGUSR1)
+        if settings.mode == "managed":
+            self._supervisor.reload()
         log.info("bgp_settings_updated", extra={"neighbors": sorted(known)})
         self._resync_wanted.set()
 
@@ -342,7 +247,7 @@ class ExabgpSpeaker:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._resync_loop())
                 if self.settings.mode == "managed":
-                    tg.create_task(self._guarded("supervise", self._supervise))
+                    tg.create_task(self._guarded("supervise", self._supervisor.run))
         finally:
             server.close()
             if self._conn is not None:
@@ -408,6 +313,13 @@ class ExabgpSpeaker:
         if up:
             # the session has just (re)started: check what ExaBGP sends it
             self._resync_wanted.set()
+
+    def _exabgp_exited(self) -> None:
+        # ExaBGP's RIB died with it: nothing is announced any more
+        self._sent = {}
+        for address in list(self._peers):
+            self._set_peer(replace(self._peers[address], up=False, state="down",
+                                   reason="ExaBGP exited"))
 
     def _set_peer(self, peer: PeerState) -> None:
         old = self._peers.get(peer.address)
@@ -545,98 +457,6 @@ class ExabgpSpeaker:
         if conn is None or conn.closed.is_set():
             raise TransientError(ACTUATOR, "ExaBGP is not connected; routes are sent on connect")
         return conn
-
-    # -- managed ExaBGP ---------------------------------------------------------------------
-    async def _supervise(self) -> None:
-        low, high = self.restart_backoff
-        while True:
-            retrying = AsyncRetrying(
-                wait=wait_exponential(multiplier=low, min=low, max=high),
-                retry=retry_if_exception_type(_ExabgpExited),
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._run_exabgp_once()
-            except _StableRunEnded:
-                continue
-
-    async def _run_exabgp_once(self) -> None:
-        started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self.settings.exabgp,
-                str(self.config_path),
-                env=self._env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_pdeathsig(signal.SIGTERM),  # fail closed: dies with anycastd
-                limit=1 << 20,  # a long log line must not end the log pump
-            )
-        except OSError as exc:  # replaced during an upgrade, EAGAIN...: try again later
-            log.error("exabgp_start_failed", extra={"error": str(exc)})  # noqa: TRY400
-            raise _ExabgpExited from exc
-        self.exabgp_pid = proc.pid
-        self.exabgp_starts += 1
-        log.info("exabgp_started", extra={"exabgp_pid": proc.pid})
-        try:
-            if proc.stdout is None:  # pragma: no cover - PIPE was requested
-                raise RuntimeError("ExaBGP stdout is not a pipe")
-            while True:
-                try:
-                    raw = await proc.stdout.readline()
-                except ValueError:  # a line over the limit: asyncio dropped it; go on
-                    log.warning("exabgp_log_line_too_long")
-                    continue
-                if not raw:
-                    break
-                log_exabgp_line(raw, proc.pid)
-            rc = await proc.wait()
-        finally:
-            if proc.returncode is None:
-                await _terminate(proc)
-            self.exabgp_pid = None
-            # ExaBGP's RIB died with it: nothing is announced any more
-            self._sent = {}
-            for address in list(self._peers):
-                self._set_peer(replace(self._peers[address], up=False, state="down",
-                                       reason="ExaBGP exited"))
-        ran = time.monotonic() - started
-        log.warning("exabgp_exited", extra={"exabgp_rc": rc, "ran_seconds": ran})
-        if ran >= _STABLE_RUN:
-            raise _StableRunEnded
-        raise _ExabgpExited
-
-
-def log_exabgp_line(raw: bytes, pid: int) -> None:
-    line = raw.decode("utf-8", "replace").rstrip()
-    if not line.strip():
-        return
-    source, _, message = line.partition(" ")
-    message = message.strip()
-    lowered = message.lower()
-    level = (
-        logging.WARNING
-        if any(w in lowered for w in ("error", "fail", "notification", "problem"))
-        else logging.INFO
-    )
-    exabgp_log.log(
-        level, message or source, extra={"exabgp_pid": pid, "exabgp_source": source}
-    )
-
-
-async def _terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
 
 if TYPE_CHECKING:
 
