@@ -55,7 +55,11 @@ _ANSWERS = (b"done", b"error")
 
 
 def _set_pdeathsig(sig: int) -> None:
-    """Ask the kernel to send ``sig`` to this process when its parent (ExaBGP) dies."""
+    """Ask the kernel to send ``sig`` to this process when its parent (ExaBGP) dies.
+
+    A copy of what :mod:`anycastd.children` does for anycastd's own children, kept here
+    because the relay imports nothing of anycastd (stdlib only: starts fast, cannot fail on
+    a broken install); it also runs in the relay itself, not between fork and exec."""
     with contextlib.suppress(OSError, AttributeError, TypeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)

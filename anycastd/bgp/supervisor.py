@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import pwd
@@ -24,34 +22,15 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from anycastd.actuators.errors import PermanentError
 from anycastd.bgp.client import ACTUATOR
+from anycastd.children import pdeathsig
 
 log = logging.getLogger("anycastd.bgp")
 exabgp_log = logging.getLogger("anycastd.exabgp")
 
-_PR_SET_PDEATHSIG = 1
 #: An ExaBGP that ran this long before exiting restarts without the accumulated backoff.
 _STABLE_RUN = 60.0
 #: ``exabgp validate`` parses one small file; minutes mean it hangs.
 VALIDATE_TIMEOUT = 30.0
-
-
-def _pdeathsig(sig: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets ``sig`` when the thread that forked it dies.
-
-    libc is loaded here, in the parent: between fork and exec the child only makes the
-    prctl call (no dlopen, no allocation under locks another thread may hold). The loop
-    that starts ExaBGP must run in the daemon's main thread (asyncio's default)."""
-    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:  # pragma: no cover - runs in the forked child
-        if prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-            os._exit(71)
-        # the parent may have died between fork and prctl: then nobody would signal us
-        if os.getppid() != parent:
-            os._exit(71)
-
-    return preexec
 
 
 def _user_name() -> str:
@@ -186,7 +165,7 @@ class ExabgpSupervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_pdeathsig(signal.SIGTERM),  # fail closed: dies with anycastd
+                preexec_fn=pdeathsig(signal.SIGTERM),  # fail closed: dies with anycastd
                 limit=1 << 20,  # a long log line must not end the log pump
             )
         except OSError as exc:  # replaced during an upgrade, EAGAIN...: try again later
