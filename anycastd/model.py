@@ -341,7 +341,8 @@ IpvsAction = (
 
 Mode = Literal["managed", "external"]
 
-#: Well-known community names (RFC 1997, 8326, 7999, 9494) and their numeric form.
+#: Well-known community names and their numeric form (IANA "BGP Well-known Communities";
+#: RFC 1997, 3765, 7611, 7999, 8326, 9494): the one list, for the config and the speaker.
 WELL_KNOWN_COMMUNITIES: dict[str, str] = {
     "graceful-shutdown": "65535:0",
     "accept-own": "65535:1",
@@ -351,6 +352,7 @@ WELL_KNOWN_COMMUNITIES: dict[str, str] = {
     "no-export": "65535:65281",
     "no-advertise": "65535:65282",
     "no-export-subconfed": "65535:65283",
+    "local-as": "65535:65283",  # Cisco's and FRR's name for NO_EXPORT_SUBCONFED
     "no-peer": "65535:65284",
 }
 GRACEFUL_SHUTDOWN = "65535:0"

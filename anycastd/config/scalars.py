@@ -25,19 +25,9 @@ from pydantic_core import PydanticCustomError
 
 from anycastd.config.errors import _describe
 from anycastd.durations import DurationError, format_duration, parse_duration
+from anycastd.model import WELL_KNOWN_COMMUNITIES
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-GRACEFUL_SHUTDOWN = "65535:0"
-WELL_KNOWN_COMMUNITIES: dict[str, str] = {
-    "graceful-shutdown": "65535:0",
-    "accept-own": "65535:1",
-    "blackhole": "65535:666",
-    "no-export": "65535:65281",
-    "no-advertise": "65535:65282",
-    "no-export-subconfed": "65535:65283",
-    "local-as": "65535:65283",
-    "no-peer": "65535:65284",
-}
 
 
 def _err(kind: str, message: str) -> PydanticCustomError:

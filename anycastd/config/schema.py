@@ -22,7 +22,6 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from anycastd.config.scalars import (
-    GRACEFUL_SHUTDOWN,
     U32,
     AbsPath,
     Asn,
@@ -59,6 +58,7 @@ from anycastd.config.scalars import (
     _v_regex,
     _v_whole_seconds,
 )
+from anycastd.model import GRACEFUL_SHUTDOWN
 
 _TIMING_KEYS = ("interval", "fast_interval", "timeout", "rise", "fall", "jitter")
 

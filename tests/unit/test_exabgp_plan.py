@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from anycastd.bgp.commands import apply_command, diff_rib, parse_adj_rib_out, render_config
+from anycastd.config.scalars import Community
 from anycastd.core.rib import PlanError, normalize_prefix, resolve
 from anycastd.model import (
     ALL_NEIGHBORS,
@@ -138,6 +140,22 @@ def test_applying_the_plan_reaches_the_desired_rib() -> None:
 def test_bad_routes_are_rejected_with_a_reason(route: Route, message: str) -> None:
     with pytest.raises(PlanError, match=message):
         resolve([route], SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    # the config had its own list once: it rejected llgr-stale and no-llgr (RFC 9494), and
+    # only it knew local-as; a name means the same in a config file and in a Route
+    [("llgr-stale", "65535:6"), ("no-llgr", "65535:7"), ("local-as", "65535:65283"),
+     ("No-Export", "65535:65281")],
+)
+def test_a_well_known_community_name_means_the_same_to_the_config_and_the_speaker(
+    name: str, value: str
+) -> None:
+    assert pydantic.TypeAdapter(Community).validate_python(name) == value
+    (attrs,) = resolve([Route("192.0.2.53/32", Attributes(communities=(name,)))],
+                       BgpSettings(router_id="192.0.2.1", local_as=65001)).values()
+    assert attrs.communities == (value,)
 
 
 @pytest.mark.parametrize(
