@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import re
@@ -46,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from anycastd.children import pdeathsig
 from anycastd.lab.frr import BGPD, FrrPeer
 from anycastd.lab.netns import Netns, stop_process, veth
 
@@ -191,21 +190,6 @@ def _built(thing: T | None) -> T:
         raise RuntimeError("the demo topology is not built")
     return thing
 
-
-
-def _pdeathsig() -> Callable[[], None]:
-    """preexec_fn: the child gets SIGTERM if the demo dies without cleaning up (SIGKILL).
-
-    ``ip netns exec`` execs its command, so the setting reaches the real process."""
-    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:  # pragma: no cover - runs in the forked child
-        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(71)
-
-    return preexec
 
 
 _LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -372,7 +356,7 @@ class Demo:
         edge.web = edge.ns.popen(
             [sys.executable, "-c", WEB_SERVICE, edge.name, str(PORT), str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_pdeathsig(),
+            start_new_session=True, preexec_fn=pdeathsig(signal.SIGTERM),
         )
         self.say(f"{edge.name}: web service listening on port {PORT} (pid {edge.web.pid})")
 
@@ -392,7 +376,7 @@ class Demo:
         edge.daemon = edge.ns.popen(
             [*self.anycastd, "run", "-c", str(config)],
             stdin=subprocess.DEVNULL, stdout=edge.log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_pdeathsig(),
+            start_new_session=True, preexec_fn=pdeathsig(signal.SIGTERM),
         )
         self.say(f"{edge.name}: anycastd started (pid {edge.daemon.pid}), service web: "
                  f"{PREFIX}, http check every 500 ms, rise 2, fall 2, MED {edge.med}")
