@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.bgp.protocol import NullSpeaker
-from anycastd.bgp.speaker import PeerState
+from anycastd.bgp.protocol import NullSpeaker, PeerState
 from anycastd.config import Config, load_config
 from anycastd.core.health import ServiceState
 from anycastd.engine.daemon import Daemon
