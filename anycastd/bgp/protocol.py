@@ -7,6 +7,7 @@ Rule: the daemon and the controller hold a :class:`Speaker` and never ask which 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -40,6 +41,13 @@ class Speaker(Protocol):
     #: reported (``on_fatal``) and fails closed like one of the daemon's.
     on_resync: ResyncCallback | None
     on_fatal: FatalCallback | None
+    #: Seconds between a withdraw's acknowledgement and the peers surely having it: the
+    #: controller's pass waits this long before it takes the address away (0: no lag).
+    withdraw_settle: float
+
+    async def run(self) -> None:
+        """Serve until cancelled; the daemon runs it as a task for its lifetime.
+        ActuatorError if it cannot start (the daemon exits with a clear message)."""
 
     async def set_routes(self, routes: Iterable[Route]) -> None:
         """Make ``routes`` the announced set; send only the difference.
@@ -72,12 +80,21 @@ class Speaker(Protocol):
         """``sent`` has been read back from the speaker at least once (else it is empty
         for lack of knowledge, not because nothing is announced)."""
 
+    @property
+    def synced(self) -> bool:
+        """Connected, and ``sent`` read back since the connect: only then does ``sent`` say
+        what the peers are offered (the daemon's first pass waits for it)."""
+
 
 class NullSpeaker:
     """No ``[bgp]`` section: routes go nowhere; the controller remembers what it 'sent'."""
 
     on_resync: ResyncCallback | None = None
     on_fatal: FatalCallback | None = None
+    withdraw_settle = 0.0
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # nothing to serve: until cancelled
 
     async def set_routes(self, routes: Iterable[Route]) -> None:
         del routes
@@ -103,6 +120,10 @@ class NullSpeaker:
 
     @property
     def ever_synced(self) -> bool:
+        return True
+
+    @property
+    def synced(self) -> bool:
         return True
 
 

@@ -42,11 +42,18 @@ from anycastd.bgp.supervisor import ExabgpSupervisor
 from anycastd.core.rib import PlanError, resolve
 from anycastd.model import ALL_NEIGHBORS, BgpSettings, ResolvedAttributes, Rib, RibKey, Route
 
-# PeerState and Speaker stay importable from here until anycastd/testing/exabgp.py imports
-# them from anycastd.bgp.protocol (their home).
-__all__ = ["ExabgpSpeaker", "PeerState", "Speaker", "default_relay_argv"]
-
 log = logging.getLogger("anycastd.bgp")
+
+#: After a step that withdrew a route, the controller waits this long before its pass goes on
+#: to IPVS and the addresses (``ExabgpSpeaker.withdraw_settle``). ExaBGP answers ``done``
+#: once an UPDATE is queued, not once it is on the wire; measured against FRR
+#: (bench/README_failover.md) the address otherwise left ``lo`` up to 4 ms BEFORE the peer
+#: had the withdraw (p50 0.7 ms before), breaking "never announced while the address is
+#: missing" as the peer sees it. ExaBGP writes within 2-5 ms (PLATFORM.md), so 50 ms is a
+#: wide margin and costs nothing that matters: the withdraw itself is not delayed, only the
+#: clean-up after it.
+WITHDRAW_SETTLE = 0.05
+
 
 def default_relay_argv() -> list[str]:
     """The relay next to this interpreter (console script), else ``python -m``."""
@@ -58,6 +65,8 @@ def default_relay_argv() -> list[str]:
 
 class ExabgpSpeaker:
     """Owns the ExaBGP API. Run ``run()`` as a task for the daemon's lifetime."""
+
+    withdraw_settle = WITHDRAW_SETTLE
 
     def __init__(
         self,

@@ -65,24 +65,9 @@ _T = TypeVar("_T")
 #: Passes in a row without a wait; a world that never converges is retried with backoff.
 MAX_PASSES = 8
 
-#: After a step that withdrew a route, wait this long before the pass goes on to IPVS and
-#: the addresses. ExaBGP answers ``done`` once an UPDATE is queued, not once it is on the
-#: wire; measured against FRR (bench/README_failover.md) the address otherwise left ``lo``
-#: up to 4 ms BEFORE the peer had the withdraw (p50 0.7 ms before), breaking "never
-#: announced while the address is missing" as the peer sees it. ExaBGP writes within
-#: 2-5 ms (PLATFORM.md), so 50 ms is a wide margin and costs nothing that matters: the
-#: withdraw itself is not delayed, only the clean-up after it.
-WITHDRAW_SETTLE = 0.05
-
-
 #: A pass running longer than this is stuck (a hung netlink call, a wedged speaker): the
 #: daemon stops feeding the systemd watchdog, so systemd restarts it.
 STALL_LIMIT = 120.0
-
-
-#: The old name of :class:`anycastd.bgp.protocol.Speaker`, until anycastd/testing/exabgp.py
-#: stops importing it from here.
-RouteSpeaker = Speaker
 
 
 @dataclass
@@ -113,8 +98,7 @@ class Controller:
     """Drives loopback, IPVS and BGP from health. Construct, then ``await run()``.
 
     ``withdraw_settle``: seconds to wait after a withdraw before later steps of the same
-    pass (IPVS, address removal); the daemon passes :data:`WITHDRAW_SETTLE` when a real
-    speaker is in use."""
+    pass (IPVS, address removal); the daemon passes its speaker's ``withdraw_settle``."""
 
     def __init__(
         self,

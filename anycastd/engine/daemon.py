@@ -35,8 +35,7 @@ from pathlib import Path
 from anycastd.actuators import sysctl
 from anycastd.actuators.errors import ActuatorError
 from anycastd.actuators.linkwatch import LinkWatcher
-from anycastd.bgp.protocol import PeerState
-from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.bgp.protocol import PeerState, Speaker
 from anycastd.config import Config
 from anycastd.core.health import (
     CheckTransition,
@@ -48,7 +47,7 @@ from anycastd.core.health import (
     ServiceTransition,
 )
 from anycastd.engine.backends import Backends
-from anycastd.engine.controller import WITHDRAW_SETTLE, Controller, settled
+from anycastd.engine.controller import Controller, settled
 from anycastd.engine.flags import OperatorFlags
 from anycastd.engine.reload import carry_over, check_specs, freeze_heap, reload
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
@@ -234,11 +233,7 @@ class Daemon:
         # With BGP, the first pass also waits (within the startup hold) for the relay to
         # connect, so it sees what ExaBGP already announces instead of an empty RIB-out.
         world = self.world
-        speaker_ready = (
-            world is None
-            or not isinstance(world.speaker, ExabgpSpeaker)
-            or world.speaker.synced
-        )
+        speaker_ready = world is None or world.speaker.synced
         return (speaker_ready and self.flags.known and settled(self.scheduler.services)
                 and settled(self.rs_health()))
 
@@ -298,11 +293,10 @@ class Daemon:
         for name, h in health.items():
             event(log, "service_start", service=name, state=h.state.value, reason=h.reason)
         self.world = world = self._world_factory(self.config, self._on_peer)
-        if isinstance(world.speaker, ExabgpSpeaker):
-            # the speaker never announces on its own: after a read-back of ExaBGP's RIB it
-            # wakes the controller; a bug in one of its loops fails closed like ours
-            world.speaker.on_resync = self._on_speaker_resync
-            world.speaker.on_fatal = self._on_speaker_fatal
+        # the speaker never announces on its own: after a read-back of ExaBGP's RIB it
+        # wakes the controller; a bug in one of its loops fails closed like ours
+        world.speaker.on_resync = self._on_speaker_resync
+        world.speaker.on_fatal = self._on_speaker_fatal
         if not world.dry_run:
             self._sysctls()
         self.flags.load(dry_run=world.dry_run)
@@ -322,7 +316,7 @@ class Daemon:
             failing=self._failing,
             clock=self.clock,
             metrics=None if world.dry_run else self.metrics,
-            withdraw_settle=WITHDRAW_SETTLE if isinstance(world.speaker, ExabgpSpeaker) else 0.0,
+            withdraw_settle=world.speaker.withdraw_settle,
         )
         freeze_heap()
         try:
@@ -355,7 +349,7 @@ class Daemon:
                   have=d.actual, detail="set global.manage_sysctls = true to let anycastd "
                   "set it, or set it yourself")
 
-    async def _run_speaker(self, speaker: ExabgpSpeaker) -> None:
+    async def _run_speaker(self, speaker: Speaker) -> None:
         try:
             await speaker.run()
         except ActuatorError as exc:
@@ -400,10 +394,7 @@ class Daemon:
             if world.link_events is not None:
                 helpers.append(tg.create_task(
                     guarded("link_watcher", self._watch_link(world.link_events, controller))))
-            speaker_task = None
-            if isinstance(world.speaker, ExabgpSpeaker):
-                speaker_task = tg.create_task(
-                    guarded("speaker", self._run_speaker(world.speaker)))
+            speaker_task = tg.create_task(guarded("speaker", self._run_speaker(world.speaker)))
             ctl_task = tg.create_task(guarded("controller", controller.run(
                 ready=self._ready, startup_hold=startup_hold(self.config))))
             if duration is not None:

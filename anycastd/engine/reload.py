@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anycastd.actuators.errors import ActuatorError
-from anycastd.bgp.speaker import ExabgpSpeaker
 from anycastd.config import Config, ConfigError, ServiceConfig, load_config
 from anycastd.core.health import (
     CheckParams,
@@ -156,7 +155,8 @@ async def reload(daemon: Daemon) -> None:
         _reject(daemon, path, 1, "adding or removing [bgp], the first [ipvs] service, or "
                 "changing global.interface needs a restart")
         return
-    if world is not None and isinstance(world.speaker, ExabgpSpeaker) and new.bgp:
+    # a world without BGP settings (no [bgp], or a dry run: NullSpeaker) has none to update
+    if world is not None and world.bgp_settings is not None and new.bgp:
         settings = bgp_settings(new.bgp)
         try:
             await world.speaker.update_settings(settings)

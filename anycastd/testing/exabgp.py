@@ -16,6 +16,7 @@ then calls ``on_resync``, also when a withdraw failed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.bgp.client import CommandError
 from anycastd.bgp.commands import apply_command, diff_rib
-from anycastd.bgp.speaker import PeerState, Speaker
+from anycastd.bgp.protocol import PeerState, Speaker
 from anycastd.core.rib import PlanError, resolve
 from anycastd.model import (
     ALL_NEIGHBORS,
@@ -37,7 +38,9 @@ from anycastd.model import (
 
 
 class FakeSpeaker:
-    """Implements :class:`anycastd.bgp.speaker.Speaker` without ExaBGP."""
+    """Implements :class:`anycastd.bgp.protocol.Speaker` without ExaBGP."""
+
+    withdraw_settle = 0.0  # its withdraws reach the "peers" (``rib``) at once
 
     def __init__(
         self,
@@ -72,6 +75,10 @@ class FakeSpeaker:
         }
 
     # -- Speaker ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Nothing to serve: waits until cancelled, like the real speaker's task."""
+        await asyncio.Event().wait()
+
     async def set_routes(self, routes: Iterable[Route]) -> None:
         self.calls += 1
         routes = tuple(routes)
@@ -121,6 +128,11 @@ class FakeSpeaker:
         """The RIB has been read back at least once (always, unless built ``synced=False``
         and not yet reconnected)."""
         return self._ever_synced
+
+    @property
+    def synced(self) -> bool:
+        """Connected and read back (a reconnect reads back at once)."""
+        return self._connected and self._ever_synced
 
     @property
     def sent(self) -> Mapping[RibKey, ResolvedAttributes]:
@@ -229,10 +241,6 @@ class FakeSpeaker:
 
 
 if TYPE_CHECKING:
-    from anycastd.engine.controller import RouteSpeaker
 
     def _fake_is_a_speaker(fake: FakeSpeaker) -> Speaker:  # mypy checks the Protocol
-        return fake
-
-    def _fake_is_a_route_speaker(fake: FakeSpeaker) -> RouteSpeaker:  # the controller's
         return fake
