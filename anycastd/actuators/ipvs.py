@@ -41,8 +41,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from anycastd.actuators.errors import ActuatorError, PermanentError
 from anycastd.actuators.netlink import map_netlink_errors
+from anycastd.errors import ActuatorError, PermanentError
 from anycastd.model import (
     AddRealServer,
     AddService,

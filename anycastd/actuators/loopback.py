@@ -85,8 +85,8 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Protocol
 
-from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.actuators.netlink import error_for, map_netlink_errors, open_rtnetlink
+from anycastd.errors import ActuatorError, PermanentError, TransientError
 from anycastd.model import (
     AddAddress,
     Address,

@@ -48,7 +48,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from anycastd.actuators.errors import ActuatorError, PermanentError
 from anycastd.actuators.ipvs import ACTUATOR as IPVS
 from anycastd.actuators.ipvs import SCHEDULERS, IpvsActuator, IpvsNetlink
 from anycastd.actuators.loopback import ACTUATOR as LOOPBACK
@@ -57,6 +56,7 @@ from anycastd.actuators.loopback import (
     NetlinkLoopback,
     raise_batch_failures,
 )
+from anycastd.errors import ActuatorError, PermanentError
 from anycastd.model import (
     AddAddress,
     AddRealServer,

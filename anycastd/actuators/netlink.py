@@ -2,7 +2,7 @@
 
 Rule: no ``pyroute2`` exception (nor a bare ``OSError`` from the netlink socket) leaves an
 actuator. Every one is translated here into the small taxonomy of
-:mod:`anycastd.actuators.errors`, so the controller decides with one rule: retry a
+:mod:`anycastd.errors`, so the controller decides with one rule: retry a
 :class:`TransientError` with backoff, report a :class:`PermanentError`.
 
 An errno we do not know is treated as permanent: retrying an unknown failure in a tight loop
@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pyroute2 import NetlinkError
 from pyroute2 import netns as pyroute2_netns
 
-from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
+from anycastd.errors import ActuatorError, PermanentError, TransientError
 
 __all__ = [
     "PERMANENT_ERRNOS",

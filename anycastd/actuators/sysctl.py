@@ -33,8 +33,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from anycastd.actuators.errors import ActuatorError
 from anycastd.actuators.netlink import error_for
+from anycastd.errors import ActuatorError
 
 __all__ = [
     "ACTUATOR",

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from anycastd.actuators.errors import PermanentError, TransientError
+from anycastd.errors import PermanentError, TransientError
 
 ACTUATOR = "exabgp"
 log = logging.getLogger("anycastd.bgp")

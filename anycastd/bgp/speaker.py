@@ -34,12 +34,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.bgp.client import ACTUATOR, ApiConnection
 from anycastd.bgp.commands import apply_command, diff_rib, parse_adj_rib_out, render_config
 from anycastd.bgp.protocol import FatalCallback, PeerCallback, PeerState, ResyncCallback, Speaker
 from anycastd.bgp.supervisor import ExabgpSupervisor
 from anycastd.core.rib import PlanError, resolve
+from anycastd.errors import ActuatorError, PermanentError, TransientError
 from anycastd.model import ALL_NEIGHBORS, BgpSettings, ResolvedAttributes, Rib, RibKey, Route
 
 log = logging.getLogger("anycastd.bgp")

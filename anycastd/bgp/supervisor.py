@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from anycastd.actuators.errors import PermanentError
 from anycastd.bgp.client import ACTUATOR
 from anycastd.children import pdeathsig
+from anycastd.errors import PermanentError
 
 log = logging.getLogger("anycastd.bgp")
 exabgp_log = logging.getLogger("anycastd.exabgp")

@@ -29,7 +29,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.actuators.ipvs import IpvsActuator
 from anycastd.actuators.loopback import LoopbackActuator
 from anycastd.bgp.protocol import Speaker
@@ -48,7 +47,7 @@ from anycastd.core.plan import (
 )
 from anycastd.core.rib import routes_from_rib
 from anycastd.engine.scheduler import Clock
-from anycastd.errors import StartupError
+from anycastd.errors import ActuatorError, PermanentError, StartupError, TransientError
 from anycastd.model import (
     BgpSettings,
     IpvsObserved,

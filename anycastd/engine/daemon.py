@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from anycastd.actuators import sysctl
-from anycastd.actuators.errors import ActuatorError
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.bgp.protocol import PeerState, Speaker
 from anycastd.config import Config
@@ -53,7 +52,7 @@ from anycastd.engine.reload import carry_over, check_specs, freeze_heap, reload
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
 from anycastd.engine.status import daemon_status
 from anycastd.engine.world import World, WorldFactory, build_world
-from anycastd.errors import StartupError
+from anycastd.errors import ActuatorError, StartupError
 from anycastd.observe.api import ApiServer, FlagKind, create_app
 from anycastd.observe.logs import configure as configure_logging
 from anycastd.observe.logs import event

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anycastd.actuators.errors import ActuatorError
 from anycastd.config import Config, ConfigError, ServiceConfig, load_config
 from anycastd.core.health import (
     CheckParams,
@@ -36,6 +35,7 @@ from anycastd.engine.flags import ApiFlags
 from anycastd.engine.probes import check_spec
 from anycastd.engine.scheduler import CheckSpec
 from anycastd.engine.world import bgp_settings
+from anycastd.errors import ActuatorError
 from anycastd.observe.logs import event
 
 if TYPE_CHECKING:

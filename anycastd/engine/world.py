@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anycastd.actuators.errors import ActuatorError, PermanentError
 from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
@@ -23,7 +22,7 @@ from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback
 from anycastd.bgp.protocol import NullSpeaker, PeerState, Speaker
 from anycastd.bgp.speaker import ExabgpSpeaker
 from anycastd.config import BgpConfig, Config
-from anycastd.errors import StartupError
+from anycastd.errors import ActuatorError, PermanentError, StartupError
 from anycastd.model import BgpSettings, Neighbor
 
 

@@ -52,7 +52,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from anycastd import __version__
-from anycastd.actuators.errors import ActuatorError
 from anycastd.core.health import (
     CheckState,
     CheckTransition,
@@ -62,6 +61,7 @@ from anycastd.core.health import (
     ServiceState,
     ServiceTransition,
 )
+from anycastd.errors import ActuatorError
 
 __all__ = [
     "CHECK_RESULTS",

@@ -21,11 +21,11 @@ import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from anycastd.actuators.errors import ActuatorError, PermanentError, TransientError
 from anycastd.bgp.client import CommandError
 from anycastd.bgp.commands import apply_command, diff_rib
 from anycastd.bgp.protocol import PeerState, Speaker
 from anycastd.core.rib import PlanError, resolve
+from anycastd.errors import ActuatorError, PermanentError, TransientError
 from anycastd.model import (
     ALL_NEIGHBORS,
     BgpSettings,

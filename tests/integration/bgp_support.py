@@ -26,8 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from anycastd.actuators.errors import ActuatorError
 from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.errors import ActuatorError
 from anycastd.lab.netns import Netns, stop_process, wait_for
 from anycastd.model import Attributes, BgpSettings, Neighbor, Route
 

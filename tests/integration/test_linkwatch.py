@@ -16,9 +16,9 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from anycastd.actuators.errors import PermanentError
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import NetlinkLoopback
+from anycastd.errors import PermanentError
 from anycastd.lab.netns import Netns, netns
 from anycastd.model import AddAddress
 

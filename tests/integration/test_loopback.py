@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.errors import PermanentError
 from anycastd.actuators.loopback import OWNER_PROTO, NetlinkLoopback
 from anycastd.core.addresses import conflicts, diff_addresses
+from anycastd.errors import PermanentError
 from anycastd.lab.netns import Netns, netns, run
 from anycastd.model import AddAddress, RemoveAddress
 from tests.unit.test_loopback_fake import LINK_SCENARIOS, SCENARIOS

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.errors import PermanentError
 from anycastd.actuators.ipvs import IpvsNetlink
 from anycastd.core.ipvs import diff_ipvs, foreign
+from anycastd.errors import PermanentError
 from anycastd.model import (
     DeleteService,
     EditRealServer,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.errors import TransientError
 from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.errors import TransientError
 from anycastd.model import Route
 from tests.unit.test_exabgp_speaker import SETTINGS, until
 

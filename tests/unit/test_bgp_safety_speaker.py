@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.errors import TransientError
 from anycastd.bgp.commands import parse_adj_rib_out
 from anycastd.bgp.speaker import ExabgpSpeaker
 from anycastd.core.rib import resolve
+from anycastd.errors import TransientError
 from anycastd.model import Attributes, ResolvedAttributes, Route
 from tests.unit.test_exabgp_speaker import SETTINGS, ScriptedExabgp, running, state_line, until
 

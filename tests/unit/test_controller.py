@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from anycastd.actuators.errors import PermanentError, TransientError
 from anycastd.config import Config, loads
 from anycastd.core.desired import RealServerKey
 from anycastd.core.health import ServiceState
 from anycastd.engine.controller import Controller
 from anycastd.engine.world import bgp_settings
+from anycastd.errors import PermanentError, TransientError
 from anycastd.model import (
     GRACEFUL_SHUTDOWN,
     AddAddress,

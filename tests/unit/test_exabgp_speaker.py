@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.errors import PermanentError, TransientError
 from anycastd.bgp.client import CommandError
 from anycastd.bgp.protocol import PeerState, Speaker
 from anycastd.bgp.speaker import ExabgpSpeaker
 from anycastd.bgp.supervisor import log_exabgp_line
+from anycastd.errors import PermanentError, TransientError
 from anycastd.model import Attributes, BgpSettings, Neighbor, Route
 from anycastd.testing.exabgp import FakeSpeaker
 

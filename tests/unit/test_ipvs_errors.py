@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from pyroute2 import NetlinkError
 
-from anycastd.actuators.errors import PermanentError, TransientError
 from anycastd.actuators.ipvs import IpvsNetlink, OwnershipFile
+from anycastd.errors import PermanentError, TransientError
 from anycastd.model import (
     AddRealServer,
     AddService,

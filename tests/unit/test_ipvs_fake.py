@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.errors import PermanentError, TransientError
 from anycastd.actuators.ipvs import OwnershipFile
 from anycastd.core.ipvs import diff_ipvs
+from anycastd.errors import PermanentError, TransientError
 from anycastd.model import AddRealServer, EditRealServer, RealServer, ServiceSpec, VirtualService
 from anycastd.testing.ipvs import FakeIpvs
 

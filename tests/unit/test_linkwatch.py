@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-from anycastd.actuators.errors import PermanentError
 from anycastd.actuators.linkwatch import LinkEventFilter
+from anycastd.errors import PermanentError
 
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
 NLMSG_ERROR = 2

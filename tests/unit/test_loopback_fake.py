@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from pyroute2 import NetlinkError
 
 from anycastd.actuators import netlink, sysctl
-from anycastd.actuators.errors import PermanentError, TransientError
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback, owner_label
 from anycastd.core.addresses import conflicts, diff_addresses
+from anycastd.errors import PermanentError, TransientError
 from anycastd.model import AddAddress, Address, HostAddress, LoopbackObserved, RemoveAddress
 from anycastd.testing.loopback import FakeLoopback
 

@@ -13,7 +13,6 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from anycastd.actuators.errors import PermanentError, TransientError
 from anycastd.core.health import (
     CheckParams,
     CheckState,
@@ -28,6 +27,7 @@ from anycastd.core.health import (
     ServiceTransition,
 )
 from anycastd.engine.scheduler import CheckRun
+from anycastd.errors import PermanentError, TransientError
 from anycastd.observe.metrics import CHECK_RESULTS, CONTENT_TYPE, Metrics
 from tests.unit.snapshots import check_snapshot
 

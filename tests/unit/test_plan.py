@@ -14,7 +14,6 @@ from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from anycastd.actuators.errors import ActuatorError, TransientError
 from anycastd.config import Config, ServiceConfig, loads
 from anycastd.core.desired import RealServerKey, compute, real_server_key
 from anycastd.core.health import ServiceState as S
@@ -29,6 +28,7 @@ from anycastd.core.plan import (
     plan,
 )
 from anycastd.core.rib import resolve, routes_from_rib
+from anycastd.errors import ActuatorError, TransientError
 from anycastd.model import (
     AddAddress,
     AddRealServer,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from anycastd.actuators.errors import ActuatorError
 from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.errors import ActuatorError
 from anycastd.model import Attributes, ResolvedAttributes, RibKey, Route
 from anycastd.testing.exabgp import FakeSpeaker
 from tests.unit.test_exabgp_speaker import SETTINGS, ScriptedExabgp, until
