@@ -14,6 +14,12 @@ next due time: ``base + interval`` (``fast_interval`` while the check is changin
 fresh random offset in ``[0, jitter]``; ``base`` never drifts with lateness and a run that
 overran its slot is rescheduled from its end. Damping wakeups (``next_wakeup``) go onto the
 same heap and trigger ``reevaluate``. 10,000 checks cost one heap entry each, not a task.
+
+Event-driven checks: a probe that also has ``async changed()`` (a watched process exited, a
+link went down: :class:`EventProbe`) gets one watcher task. When ``changed()`` returns, the
+check runs at once (or right after the run in flight), and its schedule restarts from then:
+the fast interval while it is changing, so rise/fall still count as usual. Each check has
+one valid heap entry; an entry pushed before the schedule moved is skipped (``gen``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from anycastd.core.health import Event, ServiceHealth, Step
 
@@ -37,6 +43,7 @@ __all__ = [
     "CheckRun",
     "CheckSpec",
     "Clock",
+    "EventProbe",
     "MonotonicClock",
     "Probe",
     "ProbeResultLike",
@@ -95,6 +102,15 @@ class ProbeResultLike(Protocol):
 class Probe(Protocol):
     # the contract of healthchecks probes: the probe enforces its own timeout
     async def run(self, timeout: float) -> ProbeResultLike: ...  # noqa: ASYNC109
+
+
+@runtime_checkable
+class EventProbe(Probe, Protocol):
+    """A probe that can say when its result may have changed (a kernel event)."""
+
+    async def changed(self) -> None:
+        """Return when the next ``run`` may answer differently; never without a cause."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +221,10 @@ class _Slot:
     spec: CheckSpec
     base: float = 0.0  # the un-jittered schedule point of the next run
     dead: bool = False  # removed by a reload: skip its heap entry, drop a result in flight
+    gen: int = 0  # the heap entry carrying this value is the valid one
+    running: bool = False
+    rerun: bool = False  # an event came during the run in flight: run again at its end
+    watcher: asyncio.Task[None] | None = None  # for an EventProbe
 
 
 # real clock: backstop deadlines are rounded up to this grid (see _Backstop)
@@ -258,7 +278,7 @@ class Scheduler:
         self._on_run = on_run
         self._stagger = stagger
         self._slack = timeout_slack
-        self._heap: list[tuple[float, int, _Slot | str]] = []
+        self._heap: list[tuple[float, int, _Slot | str, int]] = []
         self._seq = itertools.count()
         self._wakeups: dict[str, float] = {}  # service -> reevaluate time already queued
         # the runner's sleep; done = wake up (True: by its timer on the real clock)
@@ -267,6 +287,7 @@ class Scheduler:
         self._backstop: _Backstop | None = None  # while run() runs on the real clock
         self._running = 0
         self._peak_running = 0
+        self._tg: asyncio.TaskGroup | None = None  # while run() runs: watchers live there
 
     # ---- queries
 
@@ -321,11 +342,14 @@ class Scheduler:
                 fresh.append(slot)
         for gone in self._slots.values():
             gone.dead = True
+            if gone.watcher is not None:
+                gone.watcher.cancel()
         self._slots = new_slots
         self._health = dict(services)
         self._wakeups.clear()
         if self._started:
             self._schedule_first(fresh)
+            self._watch(fresh)
             for service, h in self._health.items():
                 self._queue_wakeup(service, h)
 
@@ -341,8 +365,11 @@ class Scheduler:
             self._backstop = _Backstop(asyncio.get_running_loop(), _BACKSTOP_TICK)
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._watch(list(self._slots.values()))
                 await self._runner(tg)
         finally:
+            self._tg = None
             if self._backstop is not None:
                 self._backstop.close()
                 self._backstop = None
@@ -369,12 +396,12 @@ class Scheduler:
             pad = _EARLY_WAKE_PAD if early else 0.0
             timer_woke = False
             while heap and heap[0][0] <= now:
-                due, _, item = heapq.heappop(heap)
+                due, _, item, gen = heapq.heappop(heap)
                 if isinstance(item, str):
                     self._reevaluate(item, due)
                     continue
-                if item.dead:
-                    continue
+                if item.dead or gen != item.gen:
+                    continue  # removed by a reload, or its schedule moved (an event)
                 while self._inflight >= self._max_concurrent:
                     self._slot_free = loop.create_future()
                     try:
@@ -382,6 +409,7 @@ class Scheduler:
                     finally:
                         self._slot_free = None
                 self._inflight += 1
+                item.running = True
                 try:
                     tg.create_task(self._run_one(item, due))
                 except BaseException:
@@ -436,6 +464,7 @@ class Scheduler:
         finally:
             self._running -= 1
             self._inflight -= 1
+            slot.running = False
             if self._slot_free is not None:
                 _resolve(self._slot_free)
         finished = now()
@@ -448,11 +477,16 @@ class Scheduler:
                 spec.service, spec.check, ok, status, reason, latency, due, started, finished
             )
             self._call(self._on_run, run)
+        if slot.rerun:  # an event came while it ran: its answer may already be stale
+            slot.rerun = False
+            slot.base = finished
+            self._push_slot(finished, slot)
+            return
         changing = step.health.check(spec.check).changing
         slot.base += spec.fast_interval if changing else spec.interval
         # a run that overran its slot restarts from its end: no burst of catch-up runs
         slot.base = max(slot.base, finished)
-        self._push(slot.base + self._jitter(spec), slot)
+        self._push_slot(slot.base + self._jitter(spec), slot)
 
     # ---- internals
 
@@ -476,14 +510,50 @@ class Scheduler:
         for slot in slots:
             offset = self._rng.uniform(0.0, slot.spec.interval) if self._stagger else 0.0
             slot.base = start + offset
-            self._push(slot.base + self._jitter(slot.spec), slot)
+            self._push_slot(slot.base + self._jitter(slot.spec), slot)
+
+    def _watch(self, slots: Iterable[_Slot]) -> None:
+        """A watcher task for every slot whose probe reports events."""
+        tg = self._tg
+        if tg is None:
+            return
+        for slot in slots:
+            if isinstance(slot.spec.probe, EventProbe) and slot.watcher is None:
+                slot.watcher = tg.create_task(self._watcher(slot))
+
+    async def _watcher(self, slot: _Slot) -> None:
+        probe = slot.spec.probe
+        assert isinstance(probe, EventProbe)  # noqa: S101 -- _watch checked it
+        while not slot.dead:
+            try:
+                await probe.changed()
+            except Exception as exc:  # a watch that fails: the interval still runs the check
+                log.warning("check %s/%s: watching for events failed: %s; retrying in %gs",
+                            slot.spec.service, slot.spec.check, exc, slot.spec.interval)
+                await self._clock.sleep_until(self._clock.now() + slot.spec.interval)
+                continue
+            if not slot.dead:
+                self._event(slot)
+
+    def _event(self, slot: _Slot) -> None:
+        """Run ``slot``'s check at once (or as soon as its run in flight ends)."""
+        if slot.running:
+            slot.rerun = True
+            return
+        now = self._clock.now()
+        slot.base = now
+        self._push_slot(now, slot)
+
+    def _push_slot(self, due: float, slot: _Slot) -> None:
+        slot.gen += 1  # the entry pushed before this one is now stale
+        self._push(due, slot, slot.gen)
 
     def _jitter(self, spec: CheckSpec) -> float:
         # == rng.uniform(0, jitter) (same draws, same values) without its call overhead
         return spec.jitter * self._rng.random() if spec.jitter > 0 else 0.0
 
-    def _push(self, due: float, item: _Slot | str) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), item))
+    def _push(self, due: float, item: _Slot | str, gen: int = 0) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), item, gen))
         wake, until = self._wake, self._sleeping_until
         if wake is not None and until is not None and due < until:
             _resolve(wake)
