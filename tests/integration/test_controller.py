@@ -391,7 +391,7 @@ def relay_pids(topo: Topo) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(b"anycastd-exabgp-relay" in a or b"anycastd.relay" in a for a in argv) and \
+        if any(b"anycastd-exabgp-relay" in a or b"anycastd.bgp.relay" in a for a in argv) and \
                 sock.encode() in argv:
             pids.append(int(entry.name))
     return pids
