@@ -6,6 +6,10 @@ Every probe is a frozen dataclass whose fields are its options, with
 slack, and ``describe() -> str`` for logs. Constructors raise ``ValueError`` for options
 that can never work (bad port, bad regex...), so configuration errors surface at load time.
 
+Event-driven probes (process, link) also have ``async def changed(self) -> None``, which
+returns as soon as a kernel event says the next ``run()`` may answer differently; a scheduler
+runs the check at once when it returns (``while True: await probe.changed(); run``).
+
 ``python -m healthchecks <probe> --help`` runs one probe by hand with Nagios exit codes.
 """
 
@@ -21,6 +25,9 @@ if TYPE_CHECKING:
     from healthchecks.exec import ExecProbe
     from healthchecks.file import FileProbe
     from healthchecks.http import HttpProbe
+    from healthchecks.link import LinkProbe
+    from healthchecks.listen import ListenProbe
+    from healthchecks.process import ProcessProbe
     from healthchecks.tcp import TcpProbe
     from healthchecks.tls import TlsProbe
 
@@ -31,6 +38,9 @@ _LAZY = {
     "ExecProbe": "healthchecks.exec",
     "FileProbe": "healthchecks.file",
     "HttpProbe": "healthchecks.http",
+    "LinkProbe": "healthchecks.link",
+    "ListenProbe": "healthchecks.listen",
+    "ProcessProbe": "healthchecks.process",
     "TcpProbe": "healthchecks.tcp",
     "TlsProbe": "healthchecks.tls",
 }
@@ -53,8 +63,11 @@ __all__ = [
     "ExecProbe",
     "FileProbe",
     "HttpProbe",
+    "LinkProbe",
+    "ListenProbe",
     "Probe",
     "ProbeResult",
+    "ProcessProbe",
     "Status",
     "TcpProbe",
     "TlsProbe",
