@@ -125,6 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
     file = sub.add_parser("file", parents=[common], help="path present/absent")
     file.add_argument("--path", required=True)
     file.add_argument("--expect", choices=["present", "absent"], default="present")
+
+    proc = sub.add_parser(
+        "process", parents=[common],
+        help="a process is alive (by --pidfile, --unit, or -- exact argv)",
+    )  # fmt: skip
+    which = proc.add_mutually_exclusive_group()
+    which.add_argument("--pidfile")
+    which.add_argument("--unit", help="systemd unit (cgroup under system.slice)")
+    proc.add_argument("--proc-root", default="/proc", help=argparse.SUPPRESS)
+    proc.add_argument("--cgroup-root", default="/sys/fs/cgroup", help=argparse.SUPPRESS)
+    proc.add_argument("argv", nargs=argparse.REMAINDER, help="-- exact command line to match")
+
+    listen = sub.add_parser(
+        "listen", parents=[common], help="a local socket listens (kernel table, no connect)"
+    )
+    listen.add_argument("--address", required=True, help="IP literal; 0.0.0.0/:: = wildcard")
+    listen.add_argument("--port", type=int, required=True)
+    listen.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")
+    listen.add_argument("--netns", help="network namespace name (default: our own)")
+
+    link = sub.add_parser("link", parents=[common], help="an interface is up (IFF_UP, operstate)")
+    link.add_argument("--interface", required=True)
+    link.add_argument("--netns", help="network namespace name (default: our own)")
     return parser
 
 
@@ -193,6 +216,27 @@ def make_probe(args: argparse.Namespace) -> Probe:
         from healthchecks.file import FileProbe
 
         return FileProbe(path=args.path, expect=args.expect)
+    if kind == "process":
+        from healthchecks.process import ProcessProbe
+
+        argv = list(args.argv)
+        if argv[:1] == ["--"]:
+            argv = argv[1:]
+        return ProcessProbe(
+            pidfile=args.pidfile,
+            cmdline=tuple(argv) if argv else None,
+            unit=args.unit,
+            proc_root=args.proc_root,
+            cgroup_root=args.cgroup_root,
+        )
+    if kind == "listen":
+        from healthchecks.listen import ListenProbe
+
+        return ListenProbe(args.address, args.port, args.protocol, netns=args.netns)
+    if kind == "link":
+        from healthchecks.link import LinkProbe
+
+        return LinkProbe(args.interface, netns=args.netns)
     raise ValueError(f"unknown probe {kind!r}")  # unreachable: argparse restricts choices
 
 

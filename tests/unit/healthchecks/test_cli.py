@@ -87,6 +87,10 @@ async def test_missing_required_option_is_unknown_without_traceback() -> None:
         ("http", "--url", "http://127.0.0.1/", "--body-regex", "("),
         ("dns", "--server", "not-an-ip", "--qname", "x"),
         ("exec",),
+        ("process",),
+        ("process", "--pidfile", "/run/x.pid", "--unit", "x"),
+        ("listen", "--address", "localhost", "--port", "53"),
+        ("link", "--interface", "x" * 20),
     ],
 )
 async def test_usage_and_option_errors_are_unknown(args: tuple[str, ...]) -> None:
@@ -118,7 +122,40 @@ async def test_file_probe(tmp_path: Path) -> None:
 async def test_help_exits_0() -> None:
     run = await cli("--help")
     assert run.code == 0
-    assert "tcp" in run.out
+    for probe in ("tcp", "process", "listen", "link"):
+        assert probe in run.out
+
+
+async def test_process_probe_by_pidfile_and_by_cmdline(tmp_path: Path) -> None:
+    sleeper = (sys.executable, "-c", "import time; time.sleep(60)")
+    child = await asyncio.create_subprocess_exec(*sleeper)
+    try:
+        (tmp_path / "x.pid").write_text(f"{child.pid}\n")
+        ok = await cli("process", "--pidfile", str(tmp_path / "x.pid"))
+        by_argv = await cli("process", "--", *sleeper)
+        missing = await cli("process", "--", "/nonexistent/daemon", "--flag")
+    finally:
+        child.kill()
+        await child.wait()
+    assert (ok.code, by_argv.code, missing.code) == (0, 0, 2), (ok, by_argv, missing)
+    assert ok.out.startswith(f"OK - process pidfile {tmp_path / 'x.pid'} - pid {child.pid} - ")
+    assert "no process matches cmdline ['/nonexistent/daemon', '--flag']" in missing.out
+
+
+async def test_listen_probe_reads_the_socket_table(listening_port: int, closed_port: int) -> None:
+    ok = await cli("listen", "--address", "127.0.0.1", "--port", str(listening_port))
+    udp = await cli("listen", "--address", "127.0.0.1", "--port", str(listening_port),
+                    "--protocol", "udp")  # fmt: skip
+    assert (ok.code, udp.code) == (0, 2), (ok, udp)
+    assert ok.out.startswith(f"OK - listen tcp 127.0.0.1:{listening_port} - bound to ")
+    assert f"no udp socket bound on 127.0.0.1:{listening_port}" in udp.out
+
+
+async def test_link_probe() -> None:
+    ok = await cli("link", "--interface", "lo")
+    missing = await cli("link", "--interface", "nosuchif0")
+    assert (ok.code, missing.code) == (0, 2), (ok, missing)
+    assert "no interface nosuchif0" in missing.out
 
 
 @pytest.mark.parametrize(
