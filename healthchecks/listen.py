@@ -135,6 +135,13 @@ class SocketTable:
         self._entries: dict[tuple[int, int, str | None], _Entry] = {}
         self.dumps = 0  # how many dumps were made (for tests and benchmarks)
 
+    def fresh(self, family: int, protocol: int, netns: str | None) -> Table | None:
+        """The cached table if it is still within the TTL (no I/O, no await)."""
+        entry = self._entries.get((family, protocol, netns))
+        if entry is not None and entry.value is not None and self._clock() - entry.at <= self.ttl:
+            return entry.value
+        return None
+
     async def get(self, family: int, protocol: int, netns: str | None) -> Table:
         key = (family, protocol, netns)
         entry = self._entries.get(key)
@@ -201,17 +208,31 @@ class ListenProbe:
         return f"listen {self.protocol} {host_port(self.address, self.port)}{where}"
 
     async def run(self, timeout: float) -> ProbeResult:  # noqa: ASYNC109 (contract)
+        # Fast path: the tables it needs are cached, so the verdict is a dict lookup; no
+        # deadline timer, no await (this is what most of 1,000 checks at 100 ms hit).
+        start = time.monotonic()
+        tables = [
+            self.table.fresh(f, _PROTOCOLS[self.protocol], self.netns) for f in self._families
+        ]
+        if timeout > 0 and all(t is not None for t in tables):
+            status, reason = self._verdict(tables)
+            return ProbeResult(status, time.monotonic() - start, reason)
         return await guarded(self._check, timeout)
+
+    @property
+    def _families(self) -> tuple[int, ...]:
+        if self._family == socket.AF_INET:
+            return (socket.AF_INET, socket.AF_INET6)  # dual-stack sockets cover IPv4 too
+        return (socket.AF_INET6,)
 
     async def _check(self, stage: Stage) -> tuple[Status, str]:
         stage.name = "sock_diag"
         proto = _PROTOCOLS[self.protocol]
-        families = [self._family]
-        if self._family == socket.AF_INET:
-            families.append(socket.AF_INET6)  # dual-stack sockets cover IPv4 too
-        for family in families:
-            table = await self.table.get(family, proto, self.netns)
-            for sock_addr, v6only in table.get(self.port, ()):
+        return self._verdict([await self.table.get(f, proto, self.netns) for f in self._families])
+
+    def _verdict(self, tables: list[Table | None]) -> tuple[Status, str]:
+        for family, table in zip(self._families, tables, strict=True):
+            for sock_addr, v6only in (table or {}).get(self.port, ()):
                 if covers(self._family, self._packed, family, sock_addr, v6only):
                     bound = ipaddress.ip_address(sock_addr)
                     return Status.OK, f"bound to {host_port(str(bound), self.port)}"
