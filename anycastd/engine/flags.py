@@ -162,6 +162,9 @@ class OperatorFlags:
         self._stuck = {p: f for p, f in self._stuck.items() if not f.done()}
         paths = [p for p in self._flag_paths() if p not in self._stuck]
         if not paths:
+            # no flag file configured: nothing to wait for (the first controller pass waits
+            # until flags are known); all stuck: the previous values stand
+            self.known = self.known or not self._stuck
             return
         exists = self._flag_exists
         current: list[Path] = []  # the path the thread is at (where it hangs, if it does)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -346,3 +348,61 @@ async def test_checks_failing_during_a_maintenance_drain_withdraw_at_once(
         node.flag("a-ok").unlink()
         await wait_for(lambda: node.announced() == {}, within=4.0)
         assert time.monotonic() - t0 < 1.0, "withdrawn on the health edge, not at drain end"
+
+
+async def test_a_watched_process_that_exits_is_withdrawn_on_the_event_not_the_interval(
+    tmp_path: Path,
+) -> None:
+    # interval 30 s: only the pidfd event (the kernel says the process exited) can explain
+    # a withdraw within a second (issue 9 #3)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(300)", str(tmp_path))
+    argv = [sys.executable, "-c", "import time; time.sleep(300)", str(tmp_path)]
+    text = DAEMON_HEAD.format(tmp=tmp_path) + f"""
+[services.a]
+prefixes = ["{A}"]
+shutdown = "withdraw"
+[[services.a.checks]]
+type = "process"
+cmdline = {json.dumps(argv)}
+interval = "30s"
+jitter = "0s"
+rise = 1
+"""
+    node = Node(tmp_path, text)
+    try:
+        async with running(node):
+            await wait_for(lambda: node.announced() == {A: ()}, within=10.0)
+            t0 = time.monotonic()
+            child.kill()
+            await wait_for(lambda: node.announced() == {} and not node.holds(A), within=5.0)
+            assert time.monotonic() - t0 < 1.0
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+
+
+async def test_without_any_flag_file_the_first_pass_does_not_wait_for_one(
+    tmp_path: Path,
+) -> None:
+    # Regression: with no maintenance/drain file configured, "flags known" never became
+    # true and the first pass waited the whole start-up hold (here 1 + 1 + 1.5 = 3.5 s;
+    # health itself settles after the first run, within one 1 s interval).
+    text = DAEMON_HEAD.format(tmp=tmp_path) + f"""
+[services.a]
+prefixes = ["{A}"]
+shutdown = "withdraw"
+[[services.a.checks]]
+type = "file"
+path = "{tmp_path}/a-ok"
+interval = "1s"
+jitter = "0s"
+rise = 1
+"""
+    node = Node(tmp_path, text)
+    node.flag("a-ok").touch()
+    async with running(node):  # waits (3 s at most) for the controller's first pass
+        assert node.daemon is not None
+        assert node.daemon.controller is not None
+        assert node.daemon.controller.passes > 0
