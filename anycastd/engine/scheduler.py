@@ -508,7 +508,11 @@ class Scheduler:
     def _schedule_first(self, slots: list[_Slot]) -> None:
         start = self._clock.now()
         for slot in slots:
-            offset = self._rng.uniform(0.0, slot.spec.interval) if self._stagger else 0.0
+            # an event check runs at once: it is cheap, and it watches nothing until a first
+            # run has found what to watch (a long interval must not leave a gap at start)
+            event = isinstance(slot.spec.probe, EventProbe)
+            stagger = self._stagger and not event
+            offset = self._rng.uniform(0.0, slot.spec.interval) if stagger else 0.0
             slot.base = start + offset
             self._push_slot(slot.base + self._jitter(slot.spec), slot)
 

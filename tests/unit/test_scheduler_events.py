@@ -4,11 +4,13 @@ once when the kernel says something changed, not at its next interval. On virtua
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 
 import pytest
 
 from anycastd.core.health import CheckState, ServiceState
+from anycastd.engine.scheduler import Scheduler
 from anycastd.testing.clock import FakeClock
 from tests.unit.test_scheduler import FakeProbe, Recorder, make, service, spec
 
@@ -100,6 +102,22 @@ async def test_a_removed_check_stops_watching_for_events() -> None:
     await settle(clock)
     assert probe.watching == 0
     assert probe.cancelled_watches == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_event_checks_run_at_start_even_when_first_runs_are_staggered() -> None:
+    # a watcher watches nothing until a first run found what to watch: no gap of up to one
+    # interval at start for an event check (other checks still spread their first runs)
+    clock, rec = FakeClock(), Recorder()
+    probe = EventProbe(clock)
+    sched = Scheduler([spec(probe, interval=30.0)], {"web": service(start=CheckState.UP)},
+                      clock=clock, rng=random.Random(7), on_run=rec.on_run, stagger=True)
+    task = asyncio.create_task(sched.run())
+    await clock.run_until(0.0)
+    await settle(clock)
+    assert rec.starts() == [0.0]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
