@@ -3,6 +3,7 @@ hashable, so two loads of an unchanged service compare equal."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -184,8 +185,52 @@ class FileCheck(_CheckBase):
     expect: Literal["present", "absent"] = "present"
 
 
+_UNIT_RE = re.compile(r"[A-Za-z0-9:_.@\\-]+(/[A-Za-z0-9:_.@\\-]+)*")
+
+
+def _v_unit(value: object) -> str:
+    if not isinstance(value, str) or not _UNIT_RE.fullmatch(value) or ".." in value.split("/"):
+        raise _err("unit", f"expected a systemd unit name (like nginx.service), got {value!r}")
+    return value
+
+
+class ProcessCheck(_CheckBase):
+    """A watched process: its exit is an event (pidfd), not a poll."""
+
+    type: Literal["process"]
+    pidfile: AbsPath | None = None
+    cmdline: Annotated[
+        tuple[Annotated[str, Strict(), Field(min_length=1)], ...], Field(min_length=1)
+    ] | None = None
+    unit: Annotated[str, PlainValidator(_v_unit)] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ProcessCheck:
+        if sum(x is not None for x in (self.pidfile, self.cmdline, self.unit)) != 1:
+            raise _err("process_target", "give exactly one of pidfile, cmdline or unit")
+        return self
+
+
+class ListenCheck(_CheckBase):
+    """A socket listening (TCP) or bound (UDP) on address:port, from the kernel's socket
+    table (sock_diag), without connecting."""
+
+    type: Literal["listen"]
+    address: IPAddress
+    port: Port
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class LinkCheck(_CheckBase):
+    """An interface administratively up with carrier; its changes are events (rtnetlink)."""
+
+    type: Literal["link"]
+    interface: Annotated[str, PlainValidator(_v_ifname)]
+
+
 Check = Annotated[
-    TcpCheck | HttpCheck | HttpsCheck | DnsCheck | TlsCheck | ExecCheck | FileCheck,
+    TcpCheck | HttpCheck | HttpsCheck | DnsCheck | TlsCheck | ExecCheck | FileCheck
+    | ProcessCheck | ListenCheck | LinkCheck,
     Field(discriminator="type"),
 ]
 _CHECK_MODELS: dict[str, type[_CheckBase]] = {
@@ -196,6 +241,21 @@ _CHECK_MODELS: dict[str, type[_CheckBase]] = {
     "tls": TlsCheck,
     "exec": ExecCheck,
     "file": FileCheck,
+    "process": ProcessCheck,
+    "listen": ListenCheck,
+    "link": LinkCheck,
+}
+
+#: Event-driven and cheap checks have timing of their own: a service's timing keys are tuned
+#: for probes that cost a connection and do not apply to them (only the check's own keys
+#: do). process: the exit is an event, the interval only finds a restarted process; listen:
+#: one kernel table dump serves every check, so 100 ms costs little; link: changes are
+#: events, the interval is a safety net. fall 1 where the failure is definitive (the
+#: kernel says so), rise > 1 so a restart proves itself.
+TYPE_TIMING: dict[str, dict[str, Any]] = {
+    "process": {"interval": "1s", "fast_interval": "200ms", "rise": 2, "fall": 1},
+    "listen": {"interval": "100ms", "fast_interval": "100ms", "rise": 3, "fall": 2},
+    "link": {"interval": "5s", "fast_interval": "1s", "rise": 3, "fall": 1},
 }
 CHECK_TYPES: tuple[str, ...] = tuple(_CHECK_MODELS)
 
@@ -409,7 +469,12 @@ def _resolve_checks(checks: object, service: Mapping[str, Any]) -> object:
         check = dict(raw)
         if "name" not in check and isinstance(check.get("type"), str):
             check["name"] = f"{check['type']}-{index}"
-        timing = _resolve_timing(check, service)
+        kind = check.get("type")
+        own_defaults = TYPE_TIMING.get(kind) if isinstance(kind, str) else None
+        if own_defaults is not None:  # see TYPE_TIMING: the service's keys do not apply
+            timing = _resolve_timing({**own_defaults, **check}, {})
+        else:
+            timing = _resolve_timing(check, service)
         check.update({k: v for k, v in timing.items() if k not in check})
         resolved.append(check)
     return resolved

@@ -15,6 +15,9 @@ from healthchecks.dns import DnsProbe
 from healthchecks.exec import ExecProbe
 from healthchecks.file import FileProbe
 from healthchecks.http import HttpProbe
+from healthchecks.link import LinkProbe
+from healthchecks.listen import ListenProbe
+from healthchecks.process import ProcessProbe
 from healthchecks.result import Probe
 from healthchecks.tcp import TcpProbe
 from healthchecks.tls import TlsProbe
@@ -27,14 +30,16 @@ _PROBES: dict[type[Any], type[Any]] = {
     cfg.TlsCheck: TlsProbe,
     cfg.ExecCheck: ExecProbe,
     cfg.FileCheck: FileProbe,
+    cfg.ProcessCheck: ProcessProbe,
+    cfg.ListenCheck: ListenProbe,
+    cfg.LinkCheck: LinkProbe,
 }
 
 # Options the config keeps as ordered tuples but the probe compares as sets.
 _AS_SET = ("expect_status",)
 
 
-def build_probe(check: cfg.TcpCheck | cfg.HttpCheck | cfg.DnsCheck | cfg.TlsCheck
-                | cfg.ExecCheck | cfg.FileCheck) -> Probe:
+def build_probe(check: cfg.Check) -> Probe:
     options = check.probe_options()
     for key in _AS_SET:
         if key in options:
@@ -47,8 +52,7 @@ def build_probe(check: cfg.TcpCheck | cfg.HttpCheck | cfg.DnsCheck | cfg.TlsChec
     return probe
 
 
-def check_spec(owner: str, check: cfg.TcpCheck | cfg.HttpCheck | cfg.DnsCheck | cfg.TlsCheck
-               | cfg.ExecCheck | cfg.FileCheck) -> CheckSpec:
+def check_spec(owner: str, check: cfg.Check) -> CheckSpec:
     """What the scheduler runs for ``check`` (effective timing from the config model);
     ``owner`` is the service, or the real server's engine name."""
     return CheckSpec(
