@@ -257,8 +257,13 @@ class Service:
     shutdown: str = "drain-then-withdraw"
     drain_time: str = "1s"
     extra: str = ""  # more TOML lines for the service table
+    #: the check's TOML lines (default: a tcp check of 127.0.0.1:port, named "tcp")
+    check: str | None = None
 
     def toml(self, tmp: Path) -> str:
+        check = self.check or (
+            f'name = "tcp"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {self.port}\n'
+        )
         return (
             f"[services.{self.name}]\n"
             f'prefixes = ["{self.prefix}"]\n'
@@ -268,7 +273,7 @@ class Service:
             f'maintenance_file = "{tmp / ("maint-" + self.name)}"\n'
             f"{self.extra}"
             f"[[services.{self.name}.checks]]\n"
-            f'name = "tcp"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {self.port}\n'
+            f"{check}"
         )
 
 
