@@ -18,12 +18,8 @@ Before the kernel event listener, all three waited for the reconcile timer (issu
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     sys.path.insert(0, str(REPO))  # the repo root: anycastd and tests.* (run as a script)
-    from bench.common import machine, summary
+    from bench.common import bench_run, summary
     from tests.integration.controller_support import Service, topology, wait_for
 
     parser = argparse.ArgumentParser()
@@ -43,15 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    work = Path(tempfile.mkdtemp(prefix="anycastd-bench-drift-"))
     prefix, ip, port = "192.0.2.110/32", "192.0.2.110", 8210
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": " ".join(["python", *sys.argv]),
-        "loadavg_before": os.getloadavg(),
-    }
-    ok = False
-    try:
+    with bench_run("drift", args.out) as (work, results):
         with topology(work) as topo:
             topo.listener(port)
             topo.anycastd(topo.write_config([Service("bench", prefix, port)],
@@ -87,14 +76,6 @@ def main() -> None:
         results["raw_ms"] = {k: [round(v * 1000, 2) for v in vals] for k, vals in
                              (("withdraw", withdraw), ("restored", restored),
                               ("announced", announced))}
-        if args.out is not None:
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
-        ok = True
-    finally:
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
 
 
 if __name__ == "__main__":

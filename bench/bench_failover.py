@@ -28,11 +28,9 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,7 @@ SLACK_MS = 60.0
 
 def main() -> None:
     sys.path.insert(0, str(REPO))  # the repo root: anycastd and tests.* (run as a script)
-    from bench.common import machine, summary
+    from bench.common import bench_run, summary
     from tests.integration.controller_support import LISTENER, Service, topology, wait_for
 
     parser = argparse.ArgumentParser()
@@ -60,16 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    work = Path(tempfile.mkdtemp(prefix="anycastd-bench-failover-"))
     prefix, ip = "192.0.2.100/32", "192.0.2.100"
     port = 8200
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": " ".join(["python", *sys.argv]),
-        "loadavg_before": os.getloadavg(),
-    }
-    ok = False
-    try:
+    with bench_run("failover", args.out) as (work, results):
         with topology(work) as topo:
             check = None
             if args.check == "process":  # the listener's exact argv (Topo.listener)
@@ -153,14 +144,6 @@ def main() -> None:
                              "up": [round(v * 1000, 2) for v in up],
                              "order_gap": [round(v, 2) for v in gaps]}
         results["anycastd_exit"] = stop_rc
-        if args.out is not None:
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
-        ok = True
-    finally:
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
 
 
 if __name__ == "__main__":

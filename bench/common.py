@@ -5,9 +5,17 @@ puts the repo root on sys.path first)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
+import shutil
 import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -37,3 +45,24 @@ def machine() -> str:
     return (f"{platform.node()} {platform.processor() or platform.machine()} "
             f"{os.cpu_count()} cpus, Linux {platform.release()}, "
             f"Python {platform.python_version()}")
+
+
+@contextlib.contextmanager
+def bench_run(name: str, out: Path | None) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """A work directory and the results document (machine, command, load before). On
+    success the results go to ``out`` (JSON) and the directory is removed; on failure the
+    directory is kept, with its logs, and named."""
+    work = Path(tempfile.mkdtemp(prefix=f"anycastd-bench-{name}-"))
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join(["python", *sys.argv]),
+        "loadavg_before": os.getloadavg(),
+    }
+    try:
+        yield work, results
+    except BaseException:
+        print(f"logs kept in {work}", file=sys.stderr)
+        raise
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
