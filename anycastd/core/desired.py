@@ -120,6 +120,11 @@ class Guard:
     min_healthy: int
     healthy: tuple[tuple[str, int], ...] = ()
 
+    @cached_property
+    def healthy_set(self) -> frozenset[tuple[str, int]]:
+        """``healthy`` for membership tests (the planner counts per guard, per pass)."""
+        return frozenset(self.healthy)
+
 
 @dataclass(frozen=True)
 class ServiceIntent:

@@ -208,7 +208,7 @@ def _observed_counter(observed: IpvsObserved) -> Counter:
         svc = observed.services.get(g.service)
         if svc is None:
             return 0
-        return _usable((ors.server for ors in svc.real_servers), frozenset(g.healthy))
+        return _usable((ors.server for ors in svc.real_servers), g.healthy_set)
 
     return count
 
@@ -253,7 +253,7 @@ def _spec_counter(
     def count(g: Guard) -> int:
         spec = specs.get(g.service)
         if spec is not None:
-            return _usable(spec.real_servers, frozenset(g.healthy))
+            return _usable(spec.real_servers, g.healthy_set)
         if g.service in held or g.service not in observed.ipvs_owned:
             return direct(g)  # untouched by this pass (kept, or not ours to delete)
         return 0  # an owned service not desired is deleted in step 3

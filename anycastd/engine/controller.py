@@ -272,11 +272,12 @@ class Controller:
         if not new:
             return True
         now = self.desired()
+        wanted = now.routes  # a property over every prefix: built once, not per route
         held = {r.prefix for r in self._held}
         for route in new:
-            intent = now.prefix(route.prefix)
-            if route in now.routes:
+            if route in wanted:
                 continue
+            intent = now.prefix(route.prefix)
             if intent is not None and route.prefix in held and route == intent.demote:
                 continue
             event(log, "announce_deferred", prefix=route.prefix,
