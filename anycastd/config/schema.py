@@ -63,6 +63,18 @@ from anycastd.model import GRACEFUL_SHUTDOWN
 
 _TIMING_KEYS = ("interval", "fast_interval", "timeout", "rise", "fall", "jitter")
 
+#: Default health timing (issue 9), chosen with bench/bench_timing.py (anycastd's scheduler
+#: and engine on virtual time) and checked end to end by bench/bench_failover.py: a hard
+#: failure is DOWN within interval + jitter + (fall - 1) x fast_interval = 0.84 s at worst
+#: (p99 805 ms simulated), recovery likewise within interval + jitter + (rise - 1) x
+#: fast_interval, and a check failing at random 5 % of the time needs 5 failures in a row
+#: to withdraw (0.07 expected withdraws a day; fall 4 would be 1 a day, fall 2 432 a day).
+#: Steady cost: 2.5 probes a second per check. See docs/configuration.md, "Default timing".
+DEFAULT_INTERVAL = 0.4
+DEFAULT_FAST_INTERVAL = 0.1  # and never more than the interval (see _resolve_timing)
+DEFAULT_RISE = 5
+DEFAULT_FALL = 5
+
 
 # --------------------------------------------------------------------------- models
 
@@ -76,12 +88,12 @@ class _CheckBase(_Model):
     service where the check does not set them)."""
 
     name: Name
-    interval: PositiveDuration = 2.0
-    fast_interval: PositiveDuration = 2.0
-    timeout: PositiveDuration = 1.0
-    rise: Annotated[int, Strict(), Field(ge=1)] = 3
-    fall: Annotated[int, Strict(), Field(ge=1)] = 2
-    jitter: Duration = 0.2
+    interval: PositiveDuration = DEFAULT_INTERVAL
+    fast_interval: PositiveDuration = DEFAULT_FAST_INTERVAL
+    timeout: PositiveDuration = DEFAULT_INTERVAL / 2
+    rise: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_RISE
+    fall: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_FALL
+    jitter: Duration = DEFAULT_INTERVAL / 10
 
     @model_validator(mode="before")
     @classmethod
@@ -365,12 +377,12 @@ class ServiceConfig(_Model):
     prefixes: Annotated[tuple[Prefix, ...], Field(min_length=1)]
     shared_prefixes: Bool = False
     policy: Policy = "all"
-    interval: PositiveDuration = 2.0
-    fast_interval: PositiveDuration = 2.0
-    timeout: PositiveDuration = 1.0
-    rise: Annotated[int, Strict(), Field(ge=1)] = 3
-    fall: Annotated[int, Strict(), Field(ge=1)] = 2
-    jitter: Duration = 0.2
+    interval: PositiveDuration = DEFAULT_INTERVAL
+    fast_interval: PositiveDuration = DEFAULT_FAST_INTERVAL
+    timeout: PositiveDuration = DEFAULT_INTERVAL / 2
+    rise: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_RISE
+    fall: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_FALL
+    jitter: Duration = DEFAULT_INTERVAL / 10
     start_state: Literal["down", "up"] = "down"
     disabled: Bool = False
     maintenance_file: AbsPath | None = None
@@ -430,16 +442,25 @@ def _resolve_timing(own: Mapping[str, Any], inherited: Mapping[str, Any]) -> dic
     """Effective timing for a check (or the service when *inherited* is empty).
 
     Own value > the service's explicit value > a default derived from the interval:
-    timeout = min(1s, interval/2), fast_interval = interval, jitter = interval/10.
+    timeout = min(1s, interval/2), fast_interval = min(100ms, interval), jitter = interval/10;
+    the interval itself defaults to 400 ms, or to twice a timeout set without an interval.
     Values that do not parse are left out (their own error is reported once, where written).
     """
     out: dict[str, Any] = {}
-    interval = _parsed(own["interval"]) if "interval" in own else inherited.get("interval", 2.0)
+    if "interval" in own:
+        interval = _parsed(own["interval"])
+    elif "interval" in inherited:
+        interval = inherited["interval"]
+    else:
+        # a timeout set without an interval keeps its meaning: the interval grows to twice
+        # the timeout rather than the timeout becoming an error against the 400 ms default
+        timeout = _parsed(own["timeout"]) if "timeout" in own else inherited.get("timeout")
+        interval = DEFAULT_INTERVAL if timeout is None else max(DEFAULT_INTERVAL, 2 * timeout)
     if interval is not None:
         out["interval"] = _Seconds(interval)
     derived: dict[str, float | None] = {
         "timeout": None if interval is None else min(1.0, interval / 2),
-        "fast_interval": interval,
+        "fast_interval": None if interval is None else min(DEFAULT_FAST_INTERVAL, interval),
         "jitter": None if interval is None else interval / 10,
     }
     for key, default in derived.items():

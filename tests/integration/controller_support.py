@@ -259,6 +259,11 @@ class Service:
     extra: str = ""  # more TOML lines for the service table
     #: the check's TOML lines (default: a tcp check of 127.0.0.1:port, named "tcp")
     check: str | None = None
+    #: the service's timing lines; "" = none at all (anycastd's defaults)
+    timing: str = (
+        'interval = "200ms"\nfast_interval = "200ms"\ntimeout = "150ms"\njitter = "0ms"\n'
+        "rise = 2\nfall = 2\n"
+    )
 
     def toml(self, tmp: Path) -> str:
         check = self.check or (
@@ -267,8 +272,7 @@ class Service:
         return (
             f"[services.{self.name}]\n"
             f'prefixes = ["{self.prefix}"]\n'
-            'interval = "200ms"\nfast_interval = "200ms"\ntimeout = "150ms"\njitter = "0ms"\n'
-            "rise = 2\nfall = 2\n"
+            f"{self.timing}"
             f'drain_time = "{self.drain_time}"\nshutdown = "{self.shutdown}"\n'
             f'maintenance_file = "{tmp / ("maint-" + self.name)}"\n'
             f"{self.extra}"

@@ -139,7 +139,7 @@ def test_dump_is_json_with_effective_values_and_masked_secrets() -> None:
     dumped = json.loads(dump(load_config(EXAMPLE)))
     dns_tcp = dumped["services"]["dns"]["checks"][1]
     assert dns_tcp["timeout"] == 1.5
-    assert dns_tcp["interval"] == 2.0
+    assert dns_tcp["interval"] == 3.0  # no interval anywhere: twice its own timeout
     assert dumped["bgp"]["neighbors"][1]["md5_password"] == "**********"
     assert "change-me" not in dump(load_config(EXAMPLE))
 
@@ -396,7 +396,8 @@ RULES = [
         id="check-timeout-lt-own-interval",
     ),
     pytest.param(
-        DNS.replace('qname = "example.com"', 'qname = "example.com"\ntimeout = "3s"'),
+        DNS.replace('qname = "example.com"', 'qname = "example.com"\ntimeout = "3s"').replace(
+            "prefixes", 'interval = "2s"\nprefixes'),
         "services.dns.checks[0].timeout",
         "timeout 3s must be less than interval 2s",
         id="check-timeout-lt-inherited-interval",
@@ -404,13 +405,13 @@ RULES = [
     pytest.param(
         DNS.replace("prefixes", 'fast_interval = "3s"\nprefixes'),
         "services.dns.fast_interval",
-        "fast_interval 3s must be at most interval 2s",
+        "fast_interval 3s must be at most interval 400ms",
         id="fast-interval-le-interval",
     ),
     pytest.param(
         DNS.replace("prefixes", 'jitter = "2s"\nprefixes'),
         "services.dns.jitter",
-        "jitter 2s must be less than interval 2s",
+        "jitter 2s must be less than interval 400ms",
         id="jitter-lt-interval",
     ),
     pytest.param(
@@ -570,7 +571,7 @@ RULES = [
         id="ipvs-host-prefix",
     ),
     pytest.param(
-        DNS + "[services.dns.ipvs]\nport = 53\n"
+        DNS.replace("prefixes", 'interval = "2s"\nprefixes') + "[services.dns.ipvs]\nport = 53\n"
         '[[services.dns.ipvs.real_servers]]\naddress = "10.1.0.1"\n'
         'checks = [{type = "tcp", host = "10.1.0.1", port = 53, timeout = "5s"}]\n',
         "services.dns.ipvs.real_servers[0].checks[0].timeout",
@@ -620,8 +621,21 @@ def test_rule_is_reported_at_its_key(tmp_path: Path, text: str, key: str, messag
 
 
 def test_inherited_violation_is_reported_once_at_the_service(tmp_path: Path) -> None:
-    found = issues(tmp_path, DNS.replace("prefixes", 'timeout = "5s"\nprefixes'))
+    found = issues(tmp_path, DNS.replace("prefixes", 'interval = "2s"\ntimeout = "5s"\nprefixes'))
     assert only(found).key == "services.dns.timeout"
+
+
+def test_a_timeout_without_an_interval_makes_the_interval_twice_as_long() -> None:
+    # a config written for the old 2 s default (timeout 1.5 s, no interval) stays valid
+    service = loads(DNS.replace("prefixes", 'timeout = "1500ms"\nprefixes')
+                    + '[[services.dns.checks]]\ntype = "file"\npath = "/x"\ntimeout = "5s"\n'
+                    + '[[services.dns.checks]]\ntype = "file"\npath = "/y"\n'
+                    'timeout = "100ms"\n').services["dns"]
+    assert (service.interval, service.timeout, service.fast_interval) == (3, 1.5, 0.1)
+    inherited, long, short = service.checks
+    assert (inherited.interval, inherited.timeout) == (3, 1.5)
+    assert (long.interval, long.timeout) == (10, 5)
+    assert (short.interval, short.timeout) == (0.4, 0.1)  # never below the default
 
 
 def test_shared_prefix_needs_shared_prefixes_in_every_claimant(tmp_path: Path) -> None:
@@ -659,31 +673,29 @@ def test_checks_inherit_service_timing_and_override_it() -> None:
         + '[[services.dns.checks]]\ntype = "file"\npath = "/y"\ninterval = "4s"\n'
     )
     inherited, own, derived = config.services["dns"].checks
-    assert (inherited.interval, inherited.timeout, inherited.rise, inherited.fall) == (10, 3, 5, 2)
-    assert (inherited.fast_interval, inherited.jitter) == (10, 1)
+    assert (inherited.interval, inherited.timeout, inherited.rise, inherited.fall) == (10, 3, 5, 5)
+    # a changing check is re-probed every 100 ms whatever the steady interval
+    assert (inherited.fast_interval, inherited.jitter) == (0.1, 1)
     assert (own.interval, own.timeout, own.rise) == (1, 0.1, 5)
     # derived defaults follow the check's own interval; explicit service values win
-    assert (own.fast_interval, own.jitter) == (1, 0.1)
-    assert (derived.interval, derived.timeout, derived.fast_interval) == (4, 3, 4)
+    assert (own.fast_interval, own.jitter) == (0.1, 0.1)
+    assert (derived.interval, derived.timeout, derived.fast_interval) == (4, 3, 0.1)
 
 
 def test_defaults_without_any_timing() -> None:
     service = loads(DNS).services["dns"]
     check = service.checks[0]
     assert isinstance(check, DnsCheck)
+    # the defaults of issue 9 (bench/bench_timing.py): 400 ms, re-checks every 100 ms
+    # while changing, 5 in a row either way
     assert (service.interval, service.timeout, service.fast_interval, service.jitter) == (
-        2,
-        1,
-        2,
+        0.4,
         0.2,
+        0.1,
+        0.04,
     )
-    assert (check.interval, check.timeout, check.rise, check.fall, check.jitter) == (
-        2,
-        1,
-        3,
-        2,
-        0.2,
-    )
+    assert (check.interval, check.timeout, check.fast_interval, check.rise, check.fall,
+            check.jitter) == (0.4, 0.2, 0.1, 5, 5, 0.04)
     assert (check.name, check.port, check.qtype, check.rcode, check.transport) == (
         "dns-0",
         53,
