@@ -66,6 +66,7 @@ from anycastd.observe.collectors import (
 
 __all__ = [
     "CHECK_RESULTS",
+    "ACTUATORS",
     "CONTENT_TYPE",
     "DURATION_BUCKETS",
     "LATENESS_BUCKETS",
@@ -83,6 +84,9 @@ CONTENT_TYPE: Final = _CONTENT_TYPE
 #: A reconcile pass: ~1 ms when nothing changes; netlink writes and the withdraw settle
 #: (a few hundred ms) when something does; seconds mean a stuck actuator.
 RECONCILE_BUCKETS: Final = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
+
+#: The actuators whose writes and errors are counted (their ``ACTUATOR`` names).
+ACTUATORS: Final = ("loopback", "ipvs", "exabgp", "sysctl")
 
 _STATES: Final = tuple(s.value for s in ServiceState)
 
@@ -205,6 +209,10 @@ class Metrics:
             ["actuator"],
             registry=reg,
         )
+        for actuator in ACTUATORS:  # born at 0: increase() sees the first error
+            self._actuator_writes.labels(actuator)
+            for kind in ("transient", "permanent"):
+                self._actuator_errors.labels(actuator, kind)
         self._reload_success = Gauge(
             "anycastd_config_last_reload_success",
             "1 if the last configuration load (start or reload) succeeded, else 0.",

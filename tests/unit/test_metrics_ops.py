@@ -240,3 +240,9 @@ async def test_the_daemon_exports_what_it_really_announces_and_serves(tmp_path: 
     assert (v("anycastd_reconcile_last_success_timestamp_seconds") or 0) > 1.7e9
     assert v("anycastd_damping_suppressed", service="web") == 0
     assert v("anycastd_sysctl_drift", key="net.ipv4.ip_forward") is not None
+
+
+def test_actuator_counters_are_born_at_zero_so_the_first_error_is_seen() -> None:
+    m = Metrics()
+    assert value(m, "anycastd_actuator_errors_total", actuator="ipvs", kind="permanent") == 0
+    assert value(m, "anycastd_actuator_writes_total", actuator="loopback") == 0
