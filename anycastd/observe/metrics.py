@@ -65,8 +65,8 @@ from anycastd.observe.collectors import (
 )
 
 __all__ = [
-    "CHECK_RESULTS",
     "ACTUATORS",
+    "CHECK_RESULTS",
     "CONTENT_TYPE",
     "DURATION_BUCKETS",
     "LATENESS_BUCKETS",
