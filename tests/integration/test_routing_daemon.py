@@ -139,7 +139,7 @@ class Edge:
     tmp: Path
     listeners: list[subprocess.Popen[str]] = field(default_factory=list)
 
-    def anycastd(self, shutdown: str = "withdraw") -> Anycastd:
+    def anycastd(self, shutdown: str = "withdraw", drain_time: str = "1s") -> Anycastd:
         conf = self.tmp / "anycastd.toml"
         conf.write_text(
             "[global]\n"
@@ -150,7 +150,7 @@ class Edge:
             'reconcile_interval = "1s"\n'
             f'[api]\nenabled = true\nlisten = "127.0.0.1:{API_PORT}"\n'
             # no [bgp]: anycastd speaks no BGP; the address on lo is the announcement
-            + Service("web", PREFIX, PORT, shutdown=shutdown, drain_time="1s").toml(self.tmp)
+            + Service("web", PREFIX, PORT, shutdown=shutdown, drain_time=drain_time).toml(self.tmp)
         )
         return Anycastd(self.ns, conf, self.tmp / "anycastd.log")
 
@@ -255,15 +255,19 @@ def test_the_peer_sees_the_prefix_exactly_while_the_service_is_healthy(fresh: Ed
         edge.ns.exec(["ip", "addr", "del", f"{FOREIGN}/32", "dev", "lo"], check=False)
 
 
-def test_sigterm_removes_the_address_and_so_withdraws(fresh: Edge) -> None:
+def test_sigterm_removes_the_address_at_once_and_so_withdraws(fresh: Edge) -> None:
+    # drain-then-withdraw has nothing to drain with (no demote route): no 5 s drain
     edge = fresh
     edge.listener()
-    daemon = edge.anycastd(shutdown="withdraw")
+    daemon = edge.anycastd(shutdown="drain-then-withdraw", drain_time="5s")
     try:
         wait_for(lambda: edge.peer.has(PREFIX), timeout=30, interval=0.05)
+        t0 = time.time()
         assert daemon.terminate() == 0
+        assert time.time() - t0 < 4.0, "the stop did not wait for a drain"
         assert not edge.on_lo()
         wait_for(lambda: not edge.peer.has(PREFIX), timeout=10, interval=0.02)
+        assert [u.withdrawn for u in edge.peer.updates(PREFIX, since=t0)] == [True]
     finally:
         daemon.stop()
 
