@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable, Collection, Mapping
@@ -46,7 +47,7 @@ from anycastd.core.plan import (
     plan,
 )
 from anycastd.core.rib import routes_from_rib
-from anycastd.engine.exports import address_samples, ipvs_samples, route_samples
+from anycastd.engine.exports import pass_samples
 from anycastd.engine.scheduler import Clock
 from anycastd.errors import ActuatorError, PermanentError, StartupError, TransientError
 from anycastd.model import (
@@ -359,11 +360,10 @@ class Controller:
             self.metrics.set_announced(
                 svc.name, [p for p in svc.prefixes if p in announced], configured=svc.prefixes
             )
-        if self.bgp_settings is not None:
-            self.metrics.set_routes(route_samples(
-                self.config, desired, self.speaker.sent, self.bgp_settings, self._states()))
-        self.metrics.set_ipvs(ipvs_samples(desired, observed))
-        self.metrics.set_addresses(address_samples(desired, observed))
+        # computed when scraped, from values of this pass (the RIB-out copied: it changes)
+        rib = dict(self.speaker.sent) if self.bgp_settings is not None else None
+        self.metrics.set_pass(functools.partial(
+            pass_samples, self.config, desired, observed, rib, self.bgp_settings))
 
     # ---- the loop
 

@@ -15,7 +15,7 @@ missing series means "unknown", never "not in that state".
 Every family, its type, labels and meaning: docs/metrics.md (kept true by
 ``tests/unit/test_metrics_docs.py``). Fed from the engine: the schedulers (``observe_run``,
 ``observe_events``), the controller (``reconcile_pass``, ``set_announced``,
-``set_routes``, ``set_ipvs``, ``set_addresses``, actuator counters), the daemon (peers,
+``set_pass``, actuator counters), the daemon (peers,
 reloads, sysctls) and, at scrape time, the health values (``watch_health``).
 """
 
@@ -55,8 +55,10 @@ from anycastd.observe.collectors import (
     CHECK_RESULTS,
     DURATION_BUCKETS,
     LATENESS_BUCKETS,
+    AddressSample,
     HealthCollector,
     HealthSource,
+    PassSamples,
     RealServerSample,
     RouteSample,
     RunStats,
@@ -71,9 +73,11 @@ __all__ = [
     "DURATION_BUCKETS",
     "LATENESS_BUCKETS",
     "RECONCILE_BUCKETS",
+    "AddressSample",
     "CheckRunLike",
     "HealthSource",
     "Metrics",
+    "PassSamples",
     "RealServerSample",
     "RouteSample",
 ]
@@ -356,10 +360,7 @@ class Metrics:
         if name in self._flapping:
             _remove(self._flaps, name)
             self._flapping.discard(name)
-        snap = self._snapshots  # until the next pass replaces them
-        snap.routes = tuple(r for r in snap.routes if r.service != name)
-        snap.real_servers = tuple(r for r in snap.real_servers if r.service != name)
-        snap.addresses = tuple(a for a in snap.addresses if a[0] != name)
+        self._snapshots.forget(name)  # until the next pass replaces them
 
     # ---- BGP, actuators, config
 
@@ -382,19 +383,11 @@ class Metrics:
             _remove(metric, peer)
         self._peers.pop(peer, None)
 
-    def set_routes(self, routes: Iterable[RouteSample]) -> None:
-        """The complete RIB-out as read back at a reconcile pass (replaces the last set)."""
-        self._snapshots.routes = tuple(sorted(routes))
-
-    def set_ipvs(self, real_servers: Iterable[RealServerSample]) -> None:
-        """The real servers of the owned IPVS virtual services as last observed (replaces
-        the last set)."""
-        self._snapshots.real_servers = tuple(sorted(real_servers))
-
-    def set_addresses(self, present: Iterable[tuple[str, str, bool]]) -> None:
-        """(service, host prefix, address on the interface) of every configured host
-        prefix, as last observed (replaces the last set)."""
-        self._snapshots.addresses = tuple(sorted(present))
+    def set_pass(self, samples: Callable[[], PassSamples]) -> None:
+        """What the last reconcile pass observed (routes per peer, IPVS real servers,
+        addresses), as a function computed when first scraped; replaces the last pass's.
+        ``samples`` runs in the scraping thread: it must only read values it captured."""
+        self._snapshots.set(samples)
 
     def reconcile_pass(self, duration: float, converged: bool) -> None:
         """A reconcile pass took ``duration`` seconds; ``converged``: it ended with nothing

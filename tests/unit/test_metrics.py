@@ -31,8 +31,10 @@ from anycastd.errors import PermanentError, TransientError
 from anycastd.observe.metrics import (
     CHECK_RESULTS,
     CONTENT_TYPE,
+    AddressSample,
     HealthSource,
     Metrics,
+    PassSamples,
     RealServerSample,
     RouteSample,
 )
@@ -121,9 +123,11 @@ def fed_everything(*, watch: bool = True) -> Metrics:
             lambda: 5.0,
         ))  # fmt: skip
     m.observe_real_server_run(run(service="web/10.1.0.10:80", check="tcp"))
-    m.set_routes([RouteSample("192.0.2.53/32", "r1", "dns", "up")])
-    m.set_ipvs([RealServerSample("web", "tcp:192.0.2.80:80", "10.1.0.10:80", 1, 3, 7)])
-    m.set_addresses([("dns", "192.0.2.53/32", True)])
+    m.set_pass(lambda: PassSamples(
+        [RouteSample("192.0.2.53/32", "r1", "dns", "up")],
+        [RealServerSample("web", "tcp:192.0.2.80:80", "10.1.0.10:80", 1, 3, 7)],
+        [AddressSample("dns", "192.0.2.53/32", True)],
+    ))  # fmt: skip
     m.reconcile_pass(0.002, converged=True)
     m.set_sysctls(["net.ipv4.ip_forward"], [])
     return m

@@ -17,7 +17,14 @@ from anycastd.core.health import (
     ServiceParams,
 )
 from anycastd.engine.scheduler import CheckRun
-from anycastd.observe.metrics import HealthSource, Metrics, RealServerSample, RouteSample
+from anycastd.observe.metrics import (
+    AddressSample,
+    HealthSource,
+    Metrics,
+    PassSamples,
+    RealServerSample,
+    RouteSample,
+)
 from tests.unit.metrics_daemon import DNS, WEB, realistic_run
 
 Labels = frozenset[tuple[str, str]]
@@ -196,15 +203,42 @@ def test_sysctl_drift_is_one_per_drifting_key() -> None:
 
 def test_each_pass_replaces_routes_and_real_servers_as_a_whole() -> None:
     m = Metrics()
-    m.set_routes([RouteSample("192.0.2.1/32", "r1", "a", "up"),
-                  RouteSample("192.0.2.1/32", "r2", "a", "up")])  # fmt: skip
-    m.set_ipvs([RealServerSample("a", "tcp:192.0.2.1:80", "10.0.0.1:80", 1, 0, 0)])
-    m.set_routes([RouteSample("192.0.2.1/32", "r1", "a", "draining")])
-    m.set_ipvs([])
+    m.set_pass(lambda: PassSamples(
+        [RouteSample("192.0.2.1/32", "r1", "a", "up"),
+         RouteSample("192.0.2.1/32", "r2", "a", "up")],
+        [RealServerSample("a", "tcp:192.0.2.1:80", "10.0.0.1:80", 1, 0, 0)],
+    ))  # fmt: skip
+    assert names_with(m, peer="r2")
+    m.set_pass(lambda: PassSamples([RouteSample("192.0.2.1/32", "r1", "a", "draining")]))
     assert names_with(m, peer="r2") == set()
     assert value(m, "anycastd_route_announced", prefix="192.0.2.1/32", peer="r1",
                  service="a", attributes_state="draining") == 1  # fmt: skip
     assert names_with(m, real_server="10.0.0.1:80") == set()
+
+
+def test_a_pass_is_computed_only_when_scraped_and_once() -> None:
+    calls: list[int] = []
+
+    def compute() -> PassSamples:
+        calls.append(1)
+        return PassSamples(addresses=[AddressSample("a", "192.0.2.1/32", True)])
+
+    m = Metrics()
+    for _ in range(100):  # passes without a scrape cost nothing but a reference
+        m.set_pass(compute)
+    assert calls == []
+    assert value(m, "anycastd_prefix_address_present", service="a", prefix="192.0.2.1/32") == 1
+    m.render()
+    assert calls == [1]
+
+
+def test_forget_service_hides_its_pass_samples_until_the_next_pass() -> None:
+    m = Metrics()
+    m.set_pass(lambda: PassSamples(addresses=[AddressSample("a", "192.0.2.1/32", True),
+                                              AddressSample("b", "192.0.2.2/32", False)]))
+    m.forget_service("a")
+    assert names_with(m, service="a") == set()
+    assert value(m, "anycastd_prefix_address_present", service="b", prefix="192.0.2.2/32") == 0
 
 
 # ---------------------------------------------------------------- the daemon end to end
