@@ -300,8 +300,7 @@ class Daemon:
         # wakes the controller; a bug in one of its loops fails closed like ours
         world.speaker.on_resync = self._on_speaker_resync
         world.speaker.on_fatal = self._on_speaker_fatal
-        for peer in world.speaker.peers.values():  # a session never up still has a series
-            self.metrics.set_peer(peer.name or peer.address, peer.up)
+        self.metrics.sync_peers({p.name or p.address: p.up for p in world.speaker.peers.values()})
         if not world.dry_run:
             self._sysctls()
         self.flags.load(dry_run=world.dry_run)

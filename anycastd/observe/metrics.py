@@ -377,6 +377,16 @@ class Metrics:
         self._peers[peer] = up
         self._peer_up.labels(peer).set(1 if up else 0)
 
+    def sync_peers(self, peers: Mapping[str, bool]) -> None:
+        """``peers``: label -> established, the COMPLETE configured set (at start and after
+        a reload): a new peer gets its series (a session never up still has one), a removed
+        one loses them, a known one is left as its events set it."""
+        for gone in set(self._peers) - set(peers):
+            self.forget_peer(gone)
+        for peer, up in peers.items():
+            if peer not in self._peers:
+                self.set_peer(peer, up)
+
     def forget_peer(self, peer: str) -> None:
         """Remove a peer's series (the neighbor was removed from the config)."""
         for metric in (self._peer_up, self._peer_flaps, self._peer_since):

@@ -170,6 +170,17 @@ def test_a_session_going_down_is_a_flap_and_moves_the_change_time() -> None:
     assert names_with(m, peer="r1") == set()
 
 
+def test_sync_peers_adds_new_peers_forgets_removed_ones_and_keeps_known_ones() -> None:
+    m = Metrics()
+    m.sync_peers({"r1": False, "r2": False})
+    m.set_peer("r1", up=True)
+    m.set_peer("r1", up=False)  # one flap
+    m.sync_peers({"r1": False, "r3": True})  # a reload: r2 removed, r3 added
+    assert names_with(m, peer="r2") == set()
+    assert value(m, "anycastd_bgp_peer_up", peer="r3") == 1
+    assert value(m, "anycastd_bgp_session_flaps_total", peer="r1") == 1
+
+
 # ---------------------------------------------------------------- passes, reloads, sysctls
 
 
