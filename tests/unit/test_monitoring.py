@@ -180,8 +180,13 @@ def test_the_dashboard_is_provisionable() -> None:
     assert len(ids) == len(set(ids))
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
+    cells: dict[tuple[int, int], str] = {}
     for p in dash["panels"]:
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24, p["title"]
+        for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"])
+                     for y in range(g["y"], g["y"] + g["h"])):  # fmt: skip
+            assert cell not in cells, f"{p['title']} overlaps {cells[cell]}"
+            cells[cell] = p["title"]
         for t in p.get("targets", []):
             assert t["datasource"]["uid"] == "${datasource}", p["title"]
