@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable, Collection, Mapping
@@ -46,6 +47,7 @@ from anycastd.core.plan import (
     plan,
 )
 from anycastd.core.rib import routes_from_rib
+from anycastd.engine.exports import pass_samples
 from anycastd.engine.scheduler import Clock
 from anycastd.errors import ActuatorError, PermanentError, StartupError, TransientError
 from anycastd.model import (
@@ -150,6 +152,7 @@ class Controller:
         # what the speaker holds between the steps of one pass (for the log lines): the
         # observation, then each BgpStep's set (a pass may withdraw, then announce again)
         self._held: frozenset[Route] = frozenset()
+        self._converged = False  # the pass in progress ended with nothing left to do
 
     # ---- inputs
 
@@ -190,11 +193,14 @@ class Controller:
 
     async def reconcile(self, *, shutdown: bool = False, fail_closed: bool = False) -> Plan:
         """Observe, plan and execute until the world converges or a step fails."""
-        self.busy_since = self.clock.now()
+        self.busy_since = start = self.clock.now()
+        self._converged = False
         try:
             return await self._reconcile(shutdown, fail_closed)
         finally:
             self.busy_since = None
+            if self.metrics is not None:
+                self.metrics.reconcile_pass(self.clock.now() - start, self._converged)
 
     async def check_ipvs(self) -> None:
         """Fail start-up clearly when a service declares [ipvs] and the kernel has none."""
@@ -235,6 +241,7 @@ class Controller:
             self.passes += 1
             self._export(desired, observed)
             if not result.steps:
+                self._converged = True
                 self._backoff.failures = 0
                 self._retry_at = None
                 return result
@@ -353,6 +360,10 @@ class Controller:
             self.metrics.set_announced(
                 svc.name, [p for p in svc.prefixes if p in announced], configured=svc.prefixes
             )
+        # computed when scraped, from values of this pass (the RIB-out copied: it changes)
+        rib = dict(self.speaker.sent) if self.bgp_settings is not None else None
+        self.metrics.set_pass(functools.partial(
+            pass_samples, self.config, desired, observed, rib, self.bgp_settings))
 
     # ---- the loop
 

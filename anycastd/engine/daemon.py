@@ -32,6 +32,8 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from anycastd.actuators import sysctl
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.bgp.protocol import PeerState, Speaker
@@ -56,7 +58,7 @@ from anycastd.errors import ActuatorError, StartupError
 from anycastd.observe.api import ApiServer, FlagKind, create_app
 from anycastd.observe.logs import configure as configure_logging
 from anycastd.observe.logs import event
-from anycastd.observe.metrics import Metrics
+from anycastd.observe.metrics import HealthSource, Metrics
 from anycastd.observe.status import PeerTracker
 from anycastd.observe.systemd import Notifier
 
@@ -282,9 +284,11 @@ class Daemon:
         self.rs_scheduler = Scheduler(
             self.backends.specs, self.backends.initial({}, now), clock=self.clock,
             max_concurrent=max_concurrent, on_events=self._on_rs_events,
-            # real-server checks appear as service="SERVICE/ADDRESS:PORT"
-            on_run=self.metrics.observe_run,
+            # real-server runs: labels service and real_server, families of their own
+            on_run=self.metrics.observe_real_server_run,
         )
+        self.metrics.watch_health(HealthSource(
+            lambda: self.scheduler.services, self.rs_health, self.clock.now))
         self.metrics.sync(health)
         self.metrics.reload(True, time.time())
         # [bgp] cannot be added or removed by a reload (it needs a restart)
@@ -296,6 +300,7 @@ class Daemon:
         # wakes the controller; a bug in one of its loops fails closed like ours
         world.speaker.on_resync = self._on_speaker_resync
         world.speaker.on_fatal = self._on_speaker_fatal
+        self.metrics.sync_peers({p.name or p.address: p.up for p in world.speaker.peers.values()})
         if not world.dry_run:
             self._sysctls()
         self.flags.load(dry_run=world.dry_run)
@@ -338,6 +343,7 @@ class Daemon:
         try:
             found = sysctl.reconcile(required, manage=manage)
             self.sysctl_drift = sysctl.check(required) if manage else found
+            self.metrics.set_sysctls(required, [d.key for d in self.sysctl_drift])
         except ActuatorError as exc:
             event(log, "sysctl_error", level=logging.ERROR, error=exc.message)
             return
@@ -496,7 +502,10 @@ async def run_daemon(
 ) -> int:
     """Entry point of ``anycastd run``: logging, signals, then the daemon until stopped."""
     configure_logging(config.global_.log_format, config.global_.log_level)
-    daemon = Daemon(config, config_path, world_factory=world_factory)
+    # the daemon's own registry (never prometheus_client's global one), with the process,
+    # GC and platform collectors
+    metrics = Metrics(CollectorRegistry(auto_describe=True), process=True)
+    daemon = Daemon(config, config_path, world_factory=world_factory, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)

@@ -164,6 +164,8 @@ async def reload(daemon: Daemon) -> None:
             _reject(daemon, path, 1, f"[bgp]: {exc.message}")
             return
         world.bgp_settings = settings
+        daemon.metrics.sync_peers({p.name or p.address: p.up
+                                   for p in world.speaker.peers.values()})
         if daemon.controller is not None:
             daemon.controller.bgp_settings = settings
     changed = sorted(

@@ -12,29 +12,18 @@ are pinned by ``tests/unit/data/snapshots/metrics.txt``. Conventions: base units
 every possible state (1 for the current one, 0 for the others) so ``== 1`` selects and a
 missing series means "unknown", never "not in that state".
 
-Families (labels)::
-
-    anycastd_build_info{version}                         gauge, always 1
-    anycastd_service_state{service,state}                gauge 0/1, all 5 states
-    anycastd_check_up{service,check}                     gauge 0/1, check hysteresis state
-    anycastd_prefix_announced{service,prefix}            gauge 0/1 (0 for all without [bgp])
-    anycastd_check_duration_seconds{service,check}       histogram, probe latency
-    anycastd_check_results_total{service,check,result}   counter, result ok|fail|timeout|error
-    anycastd_check_lateness_seconds                      histogram, scheduler start lateness
-    anycastd_transitions_total{service,to}               counter, service state transitions
-    anycastd_flaps_total{service}                        counter, damping flaps (up->down)
-    anycastd_bgp_peer_up{peer}                           gauge 0/1
-    anycastd_actuator_errors_total{actuator,kind}        counter, kind transient|permanent
-    anycastd_actuator_writes_total{actuator}             counter, changes made
-    anycastd_config_last_reload_success                  gauge 0/1
-    anycastd_config_last_reload_timestamp_seconds        gauge, unix time of the last attempt
+Every family, its type, labels and meaning: docs/metrics.md (kept true by
+``tests/unit/test_metrics_docs.py``). Fed from the engine: the schedulers (``observe_run``,
+``observe_events``), the controller (``reconcile_pass``, ``set_announced``,
+``set_pass``, actuator counters), the daemon (peers,
+reloads, sysctls) and, at scrape time, the health values (``watch_health``).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST as _CONTENT_TYPE
@@ -42,14 +31,14 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from anycastd import __version__
 from anycastd.core.health import (
@@ -62,30 +51,46 @@ from anycastd.core.health import (
     ServiceTransition,
 )
 from anycastd.errors import ActuatorError
+from anycastd.observe.collectors import (
+    CHECK_RESULTS,
+    DURATION_BUCKETS,
+    LATENESS_BUCKETS,
+    AddressSample,
+    HealthCollector,
+    HealthSource,
+    PassSamples,
+    RealServerSample,
+    RouteSample,
+    RunStats,
+    Snapshots,
+    split_real_server,
+)
 
 __all__ = [
+    "ACTUATORS",
     "CHECK_RESULTS",
     "CONTENT_TYPE",
     "DURATION_BUCKETS",
     "LATENESS_BUCKETS",
+    "RECONCILE_BUCKETS",
+    "AddressSample",
     "CheckRunLike",
+    "HealthSource",
     "Metrics",
+    "PassSamples",
+    "RealServerSample",
+    "RouteSample",
 ]
 
 #: The Content-Type of :meth:`Metrics.render` (Prometheus text format 0.0.4).
 CONTENT_TYPE: Final = _CONTENT_TYPE
 
-#: Probe latency: 1ms .. 10s (a check timeout is below its interval, typically 1-5 s).
-#: Few buckets on purpose: this histogram has a series per check, and at 10,000 checks every
-#: bucket costs 10,000 series in each scrape (bench/README_checks.md).
-DURATION_BUCKETS: Final = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0)
-#: Scheduler lateness is normally sub-millisecond; the tail shows an overloaded loop.
-LATENESS_BUCKETS: Final = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-#: Every result label value, created at 0 on a check's first run so increase() sees the
-#: first failure (a counter born at 1 hides it).
-CHECK_RESULTS: Final = ("ok", "fail", "timeout", "error")
+#: A reconcile pass: ~1 ms when nothing changes; netlink writes and the withdraw settle
+#: (a few hundred ms) when something does; seconds mean a stuck actuator.
+RECONCILE_BUCKETS: Final = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
+
+#: The actuators whose writes and errors are counted (their ``ACTUATOR`` names).
+ACTUATORS: Final = ("loopback", "ipvs", "exabgp", "sysctl")
 
 _STATES: Final = tuple(s.value for s in ServiceState)
 
@@ -112,8 +117,9 @@ class CheckRunLike(Protocol):
 class Metrics:
     """The daemon's metrics on ``registry`` (a fresh one per instance when None).
 
-    ``process=True`` also registers the standard ``process_*`` and ``python_info``
-    collectors on the same registry (the daemon wants them; tests usually do not).
+    ``process=True`` also registers the standard ``process_*``, ``python_gc_*`` and
+    ``python_info`` collectors on the same registry (the daemon wants them; tests usually
+    do not). ``wall``: the unix-time clock of the ``*_timestamp_seconds`` gauges.
     """
 
     def __init__(
@@ -122,12 +128,15 @@ class Metrics:
         *,
         version: str = __version__,
         process: bool = False,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.registry: Final = reg
         if process:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
+            GCCollector(registry=reg)
+        self._wall = wall
         self._build_info = Gauge(
             "anycastd_build_info", "anycastd build information; always 1.", ["version"],
             registry=reg,
@@ -153,8 +162,16 @@ class Metrics:
             registry=reg,
         )
         # the per-run metrics: plain numbers on the hot path, families at scrape time
-        self._runs = _RunStats()
+        self._runs = RunStats("anycastd_check", ("service", "check"), lateness=True)
         reg.register(self._runs)
+        self._rs_runs = RunStats(
+            "anycastd_real_server_check", ("service", "real_server", "check"), lateness=False
+        )
+        reg.register(self._rs_runs)
+        self._snapshots = Snapshots()
+        reg.register(self._snapshots)
+        self._health = HealthCollector()
+        reg.register(self._health)
         self._transitions = Counter(
             "anycastd_transitions",
             "Service state transitions by the state entered.",
@@ -171,6 +188,19 @@ class Metrics:
             "anycastd_bgp_peer_up", "1 while the BGP session is established, else 0.",
             ["peer"], registry=reg,
         )  # fmt: skip
+        self._peer_flaps = Counter(
+            "anycastd_bgp_session_flaps",
+            "Established BGP sessions that went down (ExaBGP neighbor-changes).",
+            ["peer"],
+            registry=reg,
+        )
+        self._peer_since = Gauge(
+            "anycastd_bgp_peer_last_change_timestamp_seconds",
+            "Unix time the BGP session last went up or down (as reported to anycastd).",
+            ["peer"],
+            registry=reg,
+        )
+        self._peers: dict[str, bool] = {}
         self._actuator_errors = Counter(
             "anycastd_actuator_errors",
             "Failed actuator changes by kind (transient: retried; permanent: left as drift).",
@@ -183,6 +213,10 @@ class Metrics:
             ["actuator"],
             registry=reg,
         )
+        for actuator in ACTUATORS:  # born at 0: increase() sees the first error
+            self._actuator_writes.labels(actuator)
+            for kind in ("transient", "permanent"):
+                self._actuator_errors.labels(actuator, kind)
         self._reload_success = Gauge(
             "anycastd_config_last_reload_success",
             "1 if the last configuration load (start or reload) succeeded, else 0.",
@@ -191,6 +225,29 @@ class Metrics:
         self._reload_ts = Gauge(
             "anycastd_config_last_reload_timestamp_seconds",
             "Unix time of the last configuration load attempt (start or reload).",
+            registry=reg,
+        )
+        self._reload_ok_ts = Gauge(
+            "anycastd_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start or reload).",
+            registry=reg,
+        )
+        self._reconcile = Histogram(
+            "anycastd_reconcile_duration_seconds",
+            "Duration of a controller reconcile pass (observe, plan, execute), in seconds.",
+            buckets=RECONCILE_BUCKETS,
+            registry=reg,
+        )
+        self._reconcile_ok = Gauge(
+            "anycastd_reconcile_last_success_timestamp_seconds",
+            "Unix time a reconcile pass last ended converged (nothing left to do, no error).",
+            registry=reg,
+        )
+        self._sysctl = Gauge(
+            "anycastd_sysctl_drift",
+            "1 when a sysctl the IPVS forwarding methods need differs from its required "
+            "value (checked at start), else 0.",
+            ["key"],
             registry=reg,
         )
         # label sets created per service, so forget_service removes exactly those
@@ -204,7 +261,20 @@ class Metrics:
 
     def observe_run(self, run: CheckRunLike) -> None:
         """One finished probe run (the scheduler's ``on_run``): the hot path."""
-        self._runs.observe(run.service, run.check, run.status, run.latency, run.lateness)
+        self._runs.observe((run.service, run.check), run.status, run.latency)
+        self._runs.late(run.lateness)
+
+    def observe_real_server_run(self, run: CheckRunLike) -> None:
+        """One finished real-server probe run; ``run.service`` is the real-server
+        scheduler's ``SERVICE/ADDRESS:PORT``, exported as ``service`` and ``real_server``."""
+        service, real_server = split_real_server(run.service)
+        self._rs_runs.observe((service, real_server, run.check), run.status, run.latency)
+        self._runs.late(run.lateness)
+
+    def watch_health(self, source: HealthSource) -> None:
+        """Read health at scrape time from ``source`` (the daemon's schedulers)."""
+        self._health.offset = self._wall() - source.now()
+        self._health.source = source
 
     def observe_events(self, events: Iterable[Event]) -> None:
         """Engine events (the scheduler's ``on_events``): transitions, check states, flaps."""
@@ -279,23 +349,68 @@ class Metrics:
         for check in list(self._checks.get(name, ())):
             self._forget_check(name, check)
         self._checks.pop(name, None)
-        for service, check in [k for k in self._runs.checks if k[0] == name]:
-            self._runs.forget(service, check)  # runs seen without a sync (real servers)
+        for key in [k for k in self._runs.checks if k[0] == name]:
+            self._runs.forget(key)  # runs seen without a sync
+        service, real_server = split_real_server(name)
+        for key in [k for k in self._rs_runs.checks
+                    if k[0] == service and (not real_server or k[1] == real_server)]:
+            self._rs_runs.forget(key)  # a real server's (SERVICE/ADDRESS:PORT) or all of one
         for prefix in self._prefixes.pop(name, set()):
             _remove(self._announced, name, prefix)
         if name in self._flapping:
             _remove(self._flaps, name)
             self._flapping.discard(name)
+        self._snapshots.forget(name)  # until the next pass replaces them
 
     # ---- BGP, actuators, config
 
     def set_peer(self, peer: str, up: bool) -> None:
-        """A BGP session's state; ``peer`` is the neighbor's label (name, else address)."""
+        """A BGP session's state; ``peer`` is the neighbor's label (name, else address).
+        An established session that goes down is a flap."""
+        was = self._peers.get(peer)
+        if was is None:
+            self._peer_flaps.labels(peer)  # born at 0: increase() sees the first flap
+        if was is None or was != up:
+            self._peer_since.labels(peer).set(self._wall())
+        if was is True and not up:
+            self._peer_flaps.labels(peer).inc()
+        self._peers[peer] = up
         self._peer_up.labels(peer).set(1 if up else 0)
+
+    def sync_peers(self, peers: Mapping[str, bool]) -> None:
+        """``peers``: label -> established, the COMPLETE configured set (at start and after
+        a reload): a new peer gets its series (a session never up still has one), a removed
+        one loses them, a known one is left as its events set it."""
+        for gone in set(self._peers) - set(peers):
+            self.forget_peer(gone)
+        for peer, up in peers.items():
+            if peer not in self._peers:
+                self.set_peer(peer, up)
 
     def forget_peer(self, peer: str) -> None:
         """Remove a peer's series (the neighbor was removed from the config)."""
-        _remove(self._peer_up, peer)
+        for metric in (self._peer_up, self._peer_flaps, self._peer_since):
+            _remove(metric, peer)
+        self._peers.pop(peer, None)
+
+    def set_pass(self, samples: Callable[[], PassSamples]) -> None:
+        """What the last reconcile pass observed (routes per peer, IPVS real servers,
+        addresses), as a function computed when first scraped; replaces the last pass's.
+        ``samples`` runs in the scraping thread: it must only read values it captured."""
+        self._snapshots.set(samples)
+
+    def reconcile_pass(self, duration: float, converged: bool) -> None:
+        """A reconcile pass took ``duration`` seconds; ``converged``: it ended with nothing
+        left to do and no error."""
+        self._reconcile.observe(max(duration, 0.0))
+        if converged:
+            self._reconcile_ok.set(self._wall())
+
+    def set_sysctls(self, required: Iterable[str], drifted: Iterable[str]) -> None:
+        """The sysctl keys the config needs, and those of them that differ now."""
+        bad = set(drifted)
+        for key in set(required) | bad:
+            self._sysctl.labels(key).set(1 if key in bad else 0)
 
     def actuator_error(self, actuator: str, transient: bool) -> None:
         self._actuator_errors.labels(actuator, "transient" if transient else "permanent").inc()
@@ -313,6 +428,8 @@ class Metrics:
         """A configuration load attempt (the initial load counts) at unix time ``ts``."""
         self._reload_success.set(1 if success else 0)
         self._reload_ts.set(ts)
+        if success:
+            self._reload_ok_ts.set(ts)
 
     # ---- rendering
 
@@ -340,10 +457,10 @@ class Metrics:
         if check in checks:
             return
         checks.add(check)
-        self._runs.touch(service, check)
+        self._runs.touch((service, check))
 
     def _forget_check(self, service: str, check: str) -> None:
-        self._runs.forget(service, check)
+        self._runs.forget((service, check))
         _remove(self._check_up, service, check)
         self._checks.get(service, set()).discard(check)
 
@@ -370,91 +487,3 @@ class _WithoutCreated(Collector):
             copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
             copy.samples = [s for s in metric.samples if s.name != created]
             yield copy
-
-
-class _Histogram:
-    """Bucket counts (not cumulative; the last one is +Inf) and the sum."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self, buckets: int) -> None:
-        self.counts = [0] * (buckets + 1)
-        self.total = 0.0
-
-    def observe(self, bounds: tuple[float, ...], value: float) -> None:
-        value = max(value, 0.0)
-        self.counts[bisect.bisect_left(bounds, value)] += 1  # le: value <= bound
-        self.total += value
-
-    def buckets(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*map(floatToGoString, bounds), "+Inf"), self.counts, strict=True):
-            running += n
-            out.append((bound, running))
-        return out
-
-
-class _CheckRuns:
-    __slots__ = ("duration", "results")
-
-    def __init__(self) -> None:
-        self.duration = _Histogram(len(DURATION_BUCKETS))
-        self.results = dict.fromkeys(CHECK_RESULTS, 0)
-
-
-class _RunStats(Collector):
-    """Per-check run counters and latency histograms, plus the scheduler's lateness.
-
-    prometheus_client's Counter and Histogram take a lock per update and walk their buckets
-    in Python: at 10,000 checks a second that was a quarter of a core
-    (bench/README_checks.md). Here a run is a few integer increments on the event loop's
-    thread, and the metric families are built only when scraped (from the API's worker
-    thread: reading while the loop writes can only miss the run in flight)."""
-
-    def __init__(self) -> None:
-        self.checks: dict[tuple[str, str], _CheckRuns] = {}
-        self.lateness = _Histogram(len(LATENESS_BUCKETS))
-
-    def touch(self, service: str, check: str) -> None:
-        self.checks.setdefault((service, check), _CheckRuns())
-
-    def forget(self, service: str, check: str) -> None:
-        self.checks.pop((service, check), None)
-
-    def observe(
-        self, service: str, check: str, status: str, latency: float, lateness: float
-    ) -> None:
-        runs = self.checks.get((service, check))
-        if runs is None:
-            runs = self.checks[(service, check)] = _CheckRuns()
-        runs.duration.observe(DURATION_BUCKETS, latency)
-        results = runs.results
-        # bounded label values: an unexpected status is the probe's own error
-        key = status if status in results else "error"
-        results[key] += 1
-        self.lateness.observe(LATENESS_BUCKETS, lateness)
-
-    def collect(self) -> Iterable[Metric]:
-        items = list(self.checks.items())
-        duration = HistogramMetricFamily(
-            "anycastd_check_duration_seconds", "Probe run latency in seconds.",
-            labels=["service", "check"],
-        )  # fmt: skip
-        results = CounterMetricFamily(
-            "anycastd_check_results", "Probe runs by result (ok, fail, timeout, error).",
-            labels=["service", "check", "result"],
-        )  # fmt: skip
-        for (service, check), runs in items:
-            duration.add_metric(
-                [service, check], runs.duration.buckets(DURATION_BUCKETS),
-                runs.duration.total,
-            )  # fmt: skip
-            for result, n in list(runs.results.items()):
-                results.add_metric([service, check, result], n)
-        lateness = HistogramMetricFamily(
-            "anycastd_check_lateness_seconds",
-            "How late the scheduler started a probe run after its due time, in seconds.",
-        )
-        lateness.add_metric([], self.lateness.buckets(LATENESS_BUCKETS), self.lateness.total)
-        return [duration, results, lateness]

@@ -28,7 +28,16 @@ from anycastd.core.health import (
 )
 from anycastd.engine.scheduler import CheckRun
 from anycastd.errors import PermanentError, TransientError
-from anycastd.observe.metrics import CHECK_RESULTS, CONTENT_TYPE, Metrics
+from anycastd.observe.metrics import (
+    CHECK_RESULTS,
+    CONTENT_TYPE,
+    AddressSample,
+    HealthSource,
+    Metrics,
+    PassSamples,
+    RealServerSample,
+    RouteSample,
+)
 from tests.unit.snapshots import check_snapshot
 
 Labels = frozenset[tuple[str, str]]
@@ -83,8 +92,9 @@ def health(name: str = "dns", checks: Iterable[str] = ("udp", "tcp")) -> Service
     return ServiceHealth.initial(params, now=0.0)
 
 
-def fed_everything() -> Metrics:
-    """One of each kind of input, so every family has at least one series."""
+def fed_everything(*, watch: bool = True) -> Metrics:
+    """One of each kind of input, so every family has at least one series. ``watch=False``:
+    no health source (its series follow the schedulers, not ``forget_service``)."""
     m = Metrics(CollectorRegistry(), version="1.2.3")
     m.sync({"dns": health()})
     m.observe_run(run())
@@ -100,6 +110,26 @@ def fed_everything() -> Metrics:
     m.actuator_error("exabgp", transient=True)
     m.actuator_writes("loopback", 2)
     m.reload(success=True, ts=1_700_000_000.0)
+    # the operations families (tests/unit/test_metrics_ops.py)
+    damped = ServiceParams(
+        "web", (CheckParams("http", rise=1, fall=1),), policy=Policy.parse("all"),
+        damping=DampingParams(),
+    )  # fmt: skip
+    rs = ServiceParams("web/10.1.0.10:80", (CheckParams("tcp", rise=1, fall=1),))
+    if watch:
+        m.watch_health(HealthSource(
+            lambda: {"dns": health(), "web": ServiceHealth.initial(damped, now=0.0)},
+            lambda: {"web/10.1.0.10:80": ServiceHealth.initial(rs, now=0.0)},
+            lambda: 5.0,
+        ))  # fmt: skip
+    m.observe_real_server_run(run(service="web/10.1.0.10:80", check="tcp"))
+    m.set_pass(lambda: PassSamples(
+        [RouteSample("192.0.2.53/32", "r1", "dns", "up")],
+        [RealServerSample("web", "tcp:192.0.2.80:80", "10.1.0.10:80", 1, 3, 7)],
+        [AddressSample("dns", "192.0.2.53/32", True)],
+    ))  # fmt: skip
+    m.reconcile_pass(0.002, converged=True)
+    m.set_sysctls(["net.ipv4.ip_forward"], [])
     return m
 
 
@@ -324,7 +354,7 @@ def test_reload_records_success_and_time_of_last_attempt() -> None:
 
 
 def test_forget_service_removes_every_series_of_that_service_only() -> None:
-    m = fed_everything()
+    m = fed_everything(watch=False)
     m.sync({"dns": health(), "web": health("web", ["http"])})
     m.observe_run(run(service="web", check="http"))
     m.set_announced("web", ["192.0.2.80/32"])
@@ -341,7 +371,7 @@ def test_forget_service_removes_every_series_of_that_service_only() -> None:
 
 
 def test_forget_unknown_service_is_a_no_op() -> None:
-    m = fed_everything()
+    m = fed_everything(watch=False)
     before = samples(m)
     m.forget_service("nope")
     after = samples(m)
