@@ -133,6 +133,8 @@ class Controller:
         self.last_plan: Plan | None = None
         self.last_observed: Observed | None = None
         self.passes = 0
+        #: set once the first pass of :meth:`run` has ended (the daemon's READY=1)
+        self.first_pass = asyncio.Event()
         self._wake = asyncio.Event()
         self._pokes = 0  # how many pokes so far: a pass knows whether health moved under it
         self._io = asyncio.Lock()  # one actuator call at a time, even across a cancel
@@ -388,6 +390,7 @@ class Controller:
         event(log, "controller_started")
         while True:
             await self.reconcile()
+            self.first_pass.set()
             await self._sleep(self._next_wake())
 
     async def shutdown(

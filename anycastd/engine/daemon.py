@@ -58,7 +58,7 @@ from anycastd.observe.logs import configure as configure_logging
 from anycastd.observe.logs import event
 from anycastd.observe.metrics import Metrics
 from anycastd.observe.status import PeerTracker
-from anycastd.observe.systemd import Notifier
+from anycastd.observe.systemd import Notifier, status_line
 
 log = logging.getLogger("anycastd")
 
@@ -79,8 +79,10 @@ def log_events(events: Sequence[Event]) -> None:
     """One structured line per engine event."""
     for ev in events:
         if isinstance(ev, ServiceTransition):
-            event(log, "service_transition", service=ev.service, old=ev.old.value,
-                  new=ev.new.value, reason=ev.reason)
+            # a service going down is what an operator must see: warning, not info
+            level = logging.WARNING if ev.new is ServiceState.DOWN else logging.INFO
+            event(log, "service_transition", level=level, service=ev.service,
+                  old=ev.old.value, new=ev.new.value, reason=ev.reason)
         elif isinstance(ev, CheckTransition):
             event(log, "check_transition", service=ev.service, check=ev.check,
                   old=ev.old.value, new=ev.new.value, reason=ev.reason)
@@ -162,6 +164,8 @@ class Daemon:
         self.flags = OperatorFlags(config, lambda: self.scheduler, exists=flag_exists)
         #: the first bug that ended a task (see :meth:`crashed`); the exit code is then 70
         self.crash: BaseException | None = None
+        #: READY=1 was sent (after the first reconcile pass); STATUS= follows changes then
+        self.ready_sent = False
 
     @property
     def scheduler(self) -> Scheduler:
@@ -183,6 +187,7 @@ class Daemon:
         log_events(events)
         for observer in self._observers:
             observer(events)
+        self._publish_status()
         # A check edge pokes too: under a maintenance or drain flag a failing check changes
         # no service state, but it ends a planned drain (the service may not be drained
         # into any more) and the pass's re-read of health before announcing relies on it.
@@ -205,6 +210,7 @@ class Daemon:
     def _on_peer(self, peer: PeerState) -> None:
         self.metrics.set_peer(peer.name or peer.address, peer.up)
         self.peers.update(peer, self.clock.now())
+        self._publish_status()
         if self.controller is not None:
             self.controller.poke()
 
@@ -235,6 +241,37 @@ class Daemon:
         speaker_ready = world is None or world.speaker.synced
         return (speaker_ready and self.flags.known and settled(self.scheduler.services)
                 and settled(self.rs_health()))
+
+    # ---- systemd (sd_notify, observe/systemd.py)
+
+    def summary(self) -> str:
+        """The STATUS= line: service states and established BGP sessions."""
+        states = [h.state.value for h in self.scheduler.services.values()]
+        bgp = self.config.bgp
+        if bgp is None:
+            line = status_line(states)
+        else:
+            peers = self.peers.section(self.clock.now())["peers"]
+            up = sum(1 for p in peers.values() if p["up"])
+            line = status_line(states, peers_up=up, peers_total=len(bgp.neighbors))
+        if self.reload_ok is False:
+            line += "; last reload rejected, running the previous config"
+        return line
+
+    def _publish_status(self) -> None:
+        if self.ready_sent and not self._stopping and self._scheduler is not None:
+            self.notifier.status(self.summary())
+
+    async def _notify_ready(self, controller: Controller) -> None:
+        """READY=1 only once the first reconcile pass has run: until then systemd (and
+        units ordered after us) see "activating". The start-up hold may outlast
+        TimeoutStartSec, so the start timeout is extended to cover it."""
+        hold = startup_hold(self.config)
+        self.notifier.extend_timeout(
+            hold + 30.0, status=f"starting: waiting up to {hold:.0f}s for health to settle")
+        await controller.first_pass.wait()
+        self.ready_sent = True
+        self.notifier.ready(self.summary())
 
     # ---- status API callbacks
 
@@ -398,9 +435,9 @@ class Daemon:
                 ready=self._ready, startup_hold=startup_hold(self.config))))
             if duration is not None:
                 helpers.append(tg.create_task(guarded("timer", self._stop_after(duration))))
+            helpers.append(tg.create_task(guarded("notify_ready", self._notify_ready(controller))))
             event(log, "started", node=self.config.global_.node,
                   services=len(self.config.services), config=str(self.config_path))
-            self.notifier.ready(f"{len(self.config.services)} services")
             while True:
                 await self._wake.wait()
                 self._wake.clear()
@@ -408,9 +445,16 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
+                    ready = self.ready_sent  # a reload before READY stays "activating"
+                    if ready:
+                        self.notifier.reloading()
                     await self._guarded("reload", reload(self))
-            self.notifier.stopping()
+                    if ready:
+                        self.notifier.ready(self.summary())
             limit = shutdown_limit(self.config)
+            # the shutdown drain may outlast TimeoutStopSec: tell systemd how long it may take
+            self.notifier.stopping(f"stopping: shutdown policy, at most {limit:g}s")
+            self.notifier.extend_timeout(limit + UNWIND_LIMIT + LAST_RESORT_LIMIT + 5.0)
             event(log, "stopping", limit=limit, fail_closed=self.crash is not None)
             ctl_task.cancel()
             # let the cancelled pass unwind (its speaker command closes its connection)
