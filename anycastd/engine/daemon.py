@@ -46,6 +46,7 @@ from anycastd.core.health import (
     ServiceTransition,
 )
 from anycastd.engine.backends import Backends
+from anycastd.engine.causes import CauseBook
 from anycastd.engine.controller import Controller, settled
 from anycastd.engine.flags import OperatorFlags
 from anycastd.engine.reload import carry_over, check_specs, freeze_heap, reload
@@ -164,6 +165,8 @@ class Daemon:
         self.flags = OperatorFlags(config, lambda: self.scheduler, exists=flag_exists)
         #: the first bug that ended a task (see :meth:`crashed`); the exit code is then 70
         self.crash: BaseException | None = None
+        #: why the controller acts: every action event carries its service's cause
+        self.causes = CauseBook()
         #: READY=1 was sent (after the first reconcile pass); STATUS= follows changes then
         self.ready_sent = False
 
@@ -185,6 +188,9 @@ class Daemon:
 
     def _on_events(self, events: Sequence[Event]) -> None:
         log_events(events)
+        for ev in events:
+            if isinstance(ev, ServiceTransition):
+                self.causes.note(ev.service, f"{ev.old.value}->{ev.new.value}: {ev.reason}")
         for observer in self._observers:
             observer(events)
         self._publish_status()
@@ -199,8 +205,12 @@ class Daemon:
     def _on_rs_events(self, events: Sequence[Event]) -> None:
         for ev in events:
             if isinstance(ev, ServiceTransition):
-                event(log, "real_server_transition", real_server=ev.service,
-                      old=ev.old.value, new=ev.new.value, reason=ev.reason)
+                level = logging.WARNING if ev.new is ServiceState.DOWN else logging.INFO
+                service, _, server = ev.service.partition("/")
+                event(log, "real_server_transition", level=level, real_server=ev.service,
+                      service=service, old=ev.old.value, new=ev.new.value, reason=ev.reason)
+                self.causes.note(service, f"real server {server} {ev.old.value}->"
+                                 f"{ev.new.value}: {ev.reason}")
                 if self.controller is not None:
                     self.controller.poke()
             elif isinstance(ev, CheckTransition):
@@ -353,6 +363,7 @@ class Daemon:
             clock=self.clock,
             metrics=None if world.dry_run else self.metrics,
             withdraw_settle=world.speaker.withdraw_settle,
+            causes=self.causes,
         )
         freeze_heap()
         try:
@@ -448,7 +459,11 @@ class Daemon:
                     ready = self.ready_sent  # a reload before READY stays "activating"
                     if ready:
                         self.notifier.reloading()
+                    before = self.config
                     await self._guarded("reload", reload(self))
+                    for name in set(before.services) | set(self.config.services):
+                        if before.services.get(name) != self.config.services.get(name):
+                            self.causes.note(name, "reload: the service's config changed")
                     if ready:
                         self.notifier.ready(self.summary())
             limit = shutdown_limit(self.config)
@@ -456,6 +471,8 @@ class Daemon:
             self.notifier.stopping(f"stopping: shutdown policy, at most {limit:g}s")
             self.notifier.extend_timeout(limit + UNWIND_LIMIT + LAST_RESORT_LIMIT + 5.0)
             event(log, "stopping", limit=limit, fail_closed=self.crash is not None)
+            self.causes.note_all("fail closed after a crash" if self.crash is not None
+                                 else "shutdown: each service's shutdown policy")
             ctl_task.cancel()
             # let the cancelled pass unwind (its speaker command closes its connection)
             # before the shutdown passes observe and write; bounded: a pass stuck in a
