@@ -152,7 +152,7 @@ class Daemon:
         self.rs_scheduler: Scheduler | None = None
         self.backends = Backends(config)
         self._sched_task: asyncio.Task[None] | None = None
-        self._api: ApiServer | None = None
+        self._api: list[ApiServer] = []
         self.world: World | None = None
         self.controller: Controller | None = None
         self.peers = PeerTracker()
@@ -299,22 +299,29 @@ class Daemon:
         return self.flags.set_flag(service, kind, on)
 
     async def _start_api(self) -> None:
+        """The read-only TCP listener (status, metrics) and the control socket (status and
+        the operator flags, file permissions decide who may use them)."""
         api = self.config.api
         if not api.enabled:
             return
-        app = create_app(
-            status_provider=self.status,
-            alive=self.alive,
-            set_flag=self.set_flag,
-            metrics=self.metrics if self.config.metrics.enabled else None,
+        metrics = self.metrics if self.config.metrics.enabled else None
+        tcp, control = (
+            ApiServer(create_app(status_provider=self.status, alive=self.alive,
+                                 set_flag=self.set_flag, metrics=m, control=c))
+            for m, c in ((metrics, False), (None, True))
         )
-        server = ApiServer(app)
+        self._api = [tcp, control]
         try:
-            await server.start(api.host, api.port)
+            await tcp.start(api.host, api.port)
         except OSError as exc:
             raise StartupError(f"cannot listen on {api.listen} (api.listen): {exc}") from None
-        self._api = server
-        event(log, "api_listening", url=server.url)
+        path = api.socket_path(self.config.global_.runtime_dir)
+        try:
+            await control.start_unix(path, group=api.socket_group)
+        except OSError as exc:
+            raise StartupError(f"cannot serve the control socket {path} (api.socket): "
+                               f"{exc}") from None
+        event(log, "api_listening", url=tcp.url, control=control.url)
 
     # ---- lifecycle
 
@@ -373,8 +380,8 @@ class Daemon:
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:
-            if self._api is not None:
-                await self._api.stop()
+            for server in self._api:
+                await server.stop()
             world.close()
             if self.controller is not None:
                 self.controller.close()
