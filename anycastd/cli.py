@@ -3,8 +3,9 @@
 
 Exit codes follow sysexits(3): 0 ok, 1 a probe found the service unhealthy, 64 usage,
 66 the config file is missing, 69 cannot start or reach the daemon, 70 internal error (a
-bug: the only case with a traceback), 78 the config is invalid. A user error is one clear
-message on stderr, never a traceback.
+bug: the only case with a traceback), 77 no permission on the control socket, 78 the config
+is invalid. ``status --check`` adds 1 (a service draining or in maintenance) and 2 (a
+service down). A user error is one clear message on stderr, never a traceback.
 
 ``anycastd run`` exits 70 after a bug ended one of the daemon's tasks: the daemon has then
 withdrawn every prefix (fail closed, ``keep`` ignored) and logged the bug as one CRITICAL
@@ -27,6 +28,7 @@ from anycastd.errors import StartupError
 
 if TYPE_CHECKING:  # the schema (pydantic) loads only when a command reads the config
     from anycastd.config import Config
+    from anycastd.observe.api import Endpoint
 
 EX_OK = 0
 EX_UNHEALTHY = 1
@@ -34,7 +36,11 @@ EX_USAGE = 64
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_NOPERM = 77
 EX_CONFIG = 78
+#: ``status --check``: a service draining or in maintenance (planned), a service down
+CHECK_PLANNED = 1
+CHECK_DOWN = 2
 
 
 class UsageError(Exception):
@@ -86,23 +92,35 @@ def _parser() -> argparse.ArgumentParser:
     with_config(probe)
     probe.add_argument("service", help="service name as in the config")
 
-    def with_api(sp: argparse.ArgumentParser) -> None:
+    def with_socket(sp: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
         sp.add_argument(
-            "--api", metavar="HOST:PORT", default=None,
-            help="the daemon's API address; skips reading the config (which may be "
-            "mid-edit exactly when you need this)",
+            "--socket", metavar="PATH", type=Path, default=None,
+            help="the daemon's control socket (default: api.socket from the config, "
+            "runtime_dir/api.sock); skips reading the config",
         )
 
     status = sub.add_parser("status", help="show the running daemon's state (GET /status)")
     with_config(status)
-    with_api(status)
+    where = status.add_mutually_exclusive_group()
+    with_socket(where)
+    where.add_argument(
+        "--api", metavar="HOST:PORT", default=None,
+        help="read the state from the read-only TCP listener instead of the control "
+        "socket; skips reading the config (which may be mid-edit exactly when you need this)",
+    )
     status.add_argument("--json", action="store_true", help="print the raw status document")
     status.add_argument("--checks", action="store_true", help="also list every check")
+    status.add_argument(
+        "--check", action="store_true",
+        help="for monitoring: exit 0 when every enabled service is up, 1 when one is "
+        "draining or in maintenance, 2 when one is down (69: daemon not reachable)",
+    )
 
     for kind, what in (("maintenance", "maintenance"), ("drain", "operator drain")):
-        flag = sub.add_parser(kind, help=f"turn {what} of a service on or off (through the API)")
+        flag = sub.add_parser(
+            kind, help=f"turn {what} of a service on or off (through the control socket)")
         with_config(flag)
-        with_api(flag)
+        with_socket(flag)
         flag.add_argument("service", help="service name as in the config")
         flag.add_argument("switch", choices=("on", "off"))
 
@@ -163,16 +181,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def _api_address(args: argparse.Namespace) -> tuple[str, int]:
-    if args.api is not None:
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    """The control socket (``--socket``, or from the config), or the read-only TCP
+    listener (``status --api``). A malformed ``--api`` is a usage error."""
+    from anycastd.observe.api import Endpoint
+
+    if getattr(args, "api", None) is not None:
+        from anycastd.config.scalars import _v_listen
+
+        try:
+            _v_listen(args.api)
+        except ValueError:
+            raise UsageError(f"--api {args.api!r}: expected HOST:PORT or [V6]:PORT, e.g. "
+                             "127.0.0.1:9180") from None
         host, _, port = args.api.rpartition(":")
-        if not host or not port.isdigit():
-            raise UsageError(f"--api {args.api!r}: expected HOST:PORT, e.g. 127.0.0.1:9180")
-        return host.strip("[]"), int(port)
+        return Endpoint(host=host.strip("[]"), port=int(port))
+    if args.socket is not None:
+        return Endpoint(path=args.socket)
     config = load(args.config)
     if not config.api.enabled:
-        raise UsageError("the status API is disabled in the config (api.enabled = false)")
-    return config.api.host, config.api.port
+        raise UsageError("the API is disabled in the config (api.enabled = false)")
+    return Endpoint(path=config.api.socket_path(config.global_.runtime_dir))
+
+
+def _unreachable(endpoint: Endpoint, exc: Exception) -> int:
+    if isinstance(exc, PermissionError):
+        sys.stderr.write(f"anycastd: permission denied on {endpoint}: run as root or as a "
+                         "member of the socket's group (api.socket_group)\n")
+        return EX_NOPERM
+    sys.stderr.write(f"anycastd: daemon not reachable at {endpoint}: {exc}\n")
+    return EX_UNAVAILABLE
+
+
+def _check_code(doc: dict[str, object]) -> int:
+    """``status --check``: 0 every enabled service up, 1 one planned out (draining,
+    maintenance), 2 one down."""
+    services = doc.get("services")
+    states = {s.get("state") for s in services.values() if isinstance(s, dict)} if (
+        isinstance(services, dict)) else set()
+    if "down" in states:
+        return CHECK_DOWN
+    if states & {"draining", "maintenance"}:
+        return CHECK_PLANNED
+    return EX_OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -181,25 +232,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from anycastd.observe.api import fetch_status
     from anycastd.observe.status import render_text
 
-    host, port = _api_address(args)
+    endpoint = _endpoint(args)
     try:
-        doc = fetch_status(host, port)
+        doc = fetch_status(endpoint)
     except (OSError, RuntimeError) as exc:  # RuntimeError: an answer that is not a status
-        sys.stderr.write(f"anycastd: daemon not reachable at {host}:{port}: {exc}\n")
-        return EX_UNAVAILABLE
+        return _unreachable(endpoint, exc)
     print(json.dumps(doc, indent=2) if args.json else render_text(doc, checks=args.checks))
-    return EX_OK
+    return _check_code(doc) if args.check else EX_OK
 
 
 def _cmd_flag(args: argparse.Namespace) -> int:
     from anycastd.observe.api import post_flag
 
-    host, port = _api_address(args)
+    endpoint = _endpoint(args)
     try:
-        code, body = post_flag(host, port, args.service, args.command, args.switch == "on")
+        code, body = post_flag(endpoint, args.service, args.command, args.switch == "on")
     except (OSError, RuntimeError) as exc:
-        sys.stderr.write(f"anycastd: daemon not reachable at {host}:{port}: {exc}\n")
-        return EX_UNAVAILABLE
+        return _unreachable(endpoint, exc)
     if code == 404:
         raise UsageError(f"the daemon has no service {args.service!r}")
     if code != 200:

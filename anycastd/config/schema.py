@@ -575,6 +575,14 @@ class GlobalConfig(_Model):
 class ApiConfig(_Model):
     enabled: Bool = True
     listen: Annotated[str, PlainValidator(_v_listen)] = "127.0.0.1:9180"
+    #: the control socket (status and the operator flags); None: runtime_dir/api.sock
+    socket: AbsPath | None = None
+    #: the control socket's group (mode 0660); "": the daemon's own group
+    socket_group: Annotated[str, Strict(), Field(pattern=r"^([a-z_][a-z0-9_.-]{0,31})?$")] = ""
+
+    def socket_path(self, runtime_dir: Path) -> Path:
+        """Where the control socket is: ``socket``, or ``runtime_dir/api.sock``."""
+        return self.socket if self.socket is not None else Path(runtime_dir) / "api.sock"
 
     @property
     def host(self) -> str:

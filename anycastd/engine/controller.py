@@ -28,7 +28,7 @@ import logging
 import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from anycastd.actuators.ipvs import IpvsActuator
 from anycastd.actuators.loopback import LoopbackActuator
@@ -47,10 +47,12 @@ from anycastd.core.plan import (
     plan,
 )
 from anycastd.core.rib import routes_from_rib
+from anycastd.engine.causes import CauseBook, Owners, service_field
 from anycastd.engine.exports import pass_samples
 from anycastd.engine.scheduler import Clock
 from anycastd.errors import ActuatorError, PermanentError, StartupError, TransientError
 from anycastd.model import (
+    AddAddress,
     BgpSettings,
     IpvsObserved,
     LoopbackObserved,
@@ -117,6 +119,7 @@ class Controller:
         rng: random.Random | None = None,
         drain_connections: int = 0,
         withdraw_settle: float = 0.0,
+        causes: CauseBook | None = None,
     ) -> None:
         self.config = config
         self.loopback = loopback
@@ -131,10 +134,15 @@ class Controller:
         self._rng = rng or random.Random()  # noqa: S311  # backoff jitter only
         self.drain_connections = drain_connections
         self.withdraw_settle = withdraw_settle
+        #: why each action happens (``cause=`` on action events; ``engine.causes``)
+        self.causes = causes if causes is not None else CauseBook()
+        self._owners = Owners(None)
         self.state = ControllerState()
         self.last_plan: Plan | None = None
         self.last_observed: Observed | None = None
         self.passes = 0
+        #: set once the first pass of :meth:`run` has ended (the daemon's READY=1)
+        self.first_pass = asyncio.Event()
         self._wake = asyncio.Event()
         self._pokes = 0  # how many pokes so far: a pass knows whether health moved under it
         self._io = asyncio.Lock()  # one actuator call at a time, even across a cancel
@@ -244,8 +252,11 @@ class Controller:
                 self._converged = True
                 self._backoff.failures = 0
                 self._retry_at = None
+                if result.next_wakeup is None:  # converged, no drain running
+                    self.causes.settle()
                 return result
             self._held = observed.announced
+            self._owners = Owners(desired)
             try:
                 for i, step in enumerate(result.steps):
                     if pokes != self._pokes and not self._still_wanted(step):
@@ -292,28 +303,37 @@ class Controller:
             return False
         return True
 
+    def _why(self, owners: tuple[str, ...], drift: str) -> dict[str, Any]:
+        """The ``service`` and ``cause`` fields of an action event (``engine.causes``)."""
+        return {"service": service_field(owners), "cause": self.causes.cause(owners, drift)}
+
     async def _execute(self, step: Step) -> bool:
         """Run one step; True when it was a BgpStep that withdrew a prefix."""
+        who = self._owners
         if isinstance(step, BgpStep):
             before = self._held
             held = {r.prefix for r in before}
             for route in sorted(step.routes - before, key=_route_key):
                 attrs = route.attributes
-                what = "bgp_update" if route.prefix in held else "bgp_announce"
-                event(log, what, prefix=route.prefix, med=attrs.med,
-                      local_preference=attrs.local_preference,
-                      communities=list(attrs.communities), prepend=attrs.as_path_prepend)
+                update = route.prefix in held
+                event(log, "bgp_update" if update else "bgp_announce", prefix=route.prefix,
+                      med=attrs.med, local_preference=attrs.local_preference,
+                      communities=list(attrs.communities), prepend=attrs.as_path_prepend,
+                      **self._why(who.prefix(route.prefix), "attributes differ from the "
+                                  "state's" if update else "route missing at the speaker"))
             withdrawn = sorted(held - {r.prefix for r in step.routes})
             await self.speaker.set_routes(step.routes)
             for prefix in withdrawn:  # logged once done: a log line never claims a failure
-                event(log, "bgp_withdraw", prefix=prefix)
+                event(log, "bgp_withdraw", prefix=prefix,
+                      **self._why(who.prefix(prefix), "route announced but not wanted"))
             self._last_routes = self._held = step.routes
             self._count("exabgp", 1)
             return bool(withdrawn)
         if isinstance(step, LoopbackStep):
             await self._in_thread(self.loopback.apply, list(step.actions))
             for a in step.actions:
-                event(log, "loopback", action=str(a))
+                drift = "address missing" if isinstance(a, AddAddress) else "address not wanted"
+                event(log, "loopback", action=str(a), **self._why(who.address(a), drift))
             self._count("loopback", len(step.actions))
         elif isinstance(step, IpvsStep):
             if self.ipvs is None:  # a reload that adds the first IPVS service is refused
@@ -321,7 +341,8 @@ class Controller:
                                      "start; restart anycastd)")
             await self._in_thread(self.ipvs.apply, list(step.actions))
             for ia in step.actions:
-                event(log, "ipvs", action=repr(ia))
+                event(log, "ipvs", action=repr(ia),
+                      **self._why(who.virtual(ia), "IPVS table differs"))
             self._count("ipvs", len(step.actions))
         return False
 
@@ -399,6 +420,7 @@ class Controller:
         event(log, "controller_started")
         while True:
             await self.reconcile()
+            self.first_pass.set()
             await self._sleep(self._next_wake())
 
     async def shutdown(

@@ -48,6 +48,7 @@ from anycastd.core.health import (
     ServiceTransition,
 )
 from anycastd.engine.backends import Backends
+from anycastd.engine.causes import CauseBook
 from anycastd.engine.controller import Controller, settled
 from anycastd.engine.flags import OperatorFlags
 from anycastd.engine.reload import carry_over, check_specs, freeze_heap, reload
@@ -60,7 +61,7 @@ from anycastd.observe.logs import configure as configure_logging
 from anycastd.observe.logs import event
 from anycastd.observe.metrics import HealthSource, Metrics
 from anycastd.observe.status import PeerTracker
-from anycastd.observe.systemd import Notifier
+from anycastd.observe.systemd import Notifier, status_line
 
 log = logging.getLogger("anycastd")
 
@@ -81,8 +82,10 @@ def log_events(events: Sequence[Event]) -> None:
     """One structured line per engine event."""
     for ev in events:
         if isinstance(ev, ServiceTransition):
-            event(log, "service_transition", service=ev.service, old=ev.old.value,
-                  new=ev.new.value, reason=ev.reason)
+            # a service going down is what an operator must see: warning, not info
+            level = logging.WARNING if ev.new is ServiceState.DOWN else logging.INFO
+            event(log, "service_transition", level=level, service=ev.service,
+                  old=ev.old.value, new=ev.new.value, reason=ev.reason)
         elif isinstance(ev, CheckTransition):
             event(log, "check_transition", service=ev.service, check=ev.check,
                   old=ev.old.value, new=ev.new.value, reason=ev.reason)
@@ -151,7 +154,7 @@ class Daemon:
         self.rs_scheduler: Scheduler | None = None
         self.backends = Backends(config)
         self._sched_task: asyncio.Task[None] | None = None
-        self._api: ApiServer | None = None
+        self._api: list[ApiServer] = []
         self.world: World | None = None
         self.controller: Controller | None = None
         self.peers = PeerTracker()
@@ -164,6 +167,10 @@ class Daemon:
         self.flags = OperatorFlags(config, lambda: self.scheduler, exists=flag_exists)
         #: the first bug that ended a task (see :meth:`crashed`); the exit code is then 70
         self.crash: BaseException | None = None
+        #: why the controller acts: every action event carries its service's cause
+        self.causes = CauseBook()
+        #: READY=1 was sent (after the first reconcile pass); STATUS= follows changes then
+        self.ready_sent = False
 
     @property
     def scheduler(self) -> Scheduler:
@@ -183,8 +190,12 @@ class Daemon:
 
     def _on_events(self, events: Sequence[Event]) -> None:
         log_events(events)
+        for ev in events:
+            if isinstance(ev, ServiceTransition):
+                self.causes.note(ev.service, f"{ev.old.value}->{ev.new.value}: {ev.reason}")
         for observer in self._observers:
             observer(events)
+        self._publish_status()
         # A check edge pokes too: under a maintenance or drain flag a failing check changes
         # no service state, but it ends a planned drain (the service may not be drained
         # into any more) and the pass's re-read of health before announcing relies on it.
@@ -196,8 +207,12 @@ class Daemon:
     def _on_rs_events(self, events: Sequence[Event]) -> None:
         for ev in events:
             if isinstance(ev, ServiceTransition):
-                event(log, "real_server_transition", real_server=ev.service,
-                      old=ev.old.value, new=ev.new.value, reason=ev.reason)
+                level = logging.WARNING if ev.new is ServiceState.DOWN else logging.INFO
+                service, _, server = ev.service.partition("/")
+                event(log, "real_server_transition", level=level, real_server=ev.service,
+                      service=service, old=ev.old.value, new=ev.new.value, reason=ev.reason)
+                self.causes.note(service, f"real server {server} {ev.old.value}->"
+                                 f"{ev.new.value}: {ev.reason}")
                 if self.controller is not None:
                     self.controller.poke()
             elif isinstance(ev, CheckTransition):
@@ -207,6 +222,7 @@ class Daemon:
     def _on_peer(self, peer: PeerState) -> None:
         self.metrics.set_peer(peer.name or peer.address, peer.up)
         self.peers.update(peer, self.clock.now())
+        self._publish_status()
         if self.controller is not None:
             self.controller.poke()
 
@@ -238,6 +254,37 @@ class Daemon:
         return (speaker_ready and self.flags.known and settled(self.scheduler.services)
                 and settled(self.rs_health()))
 
+    # ---- systemd (sd_notify, observe/systemd.py)
+
+    def summary(self) -> str:
+        """The STATUS= line: service states and established BGP sessions."""
+        states = [h.state.value for h in self.scheduler.services.values()]
+        bgp = self.config.bgp
+        if bgp is None:
+            line = status_line(states)
+        else:
+            peers = self.peers.section(self.clock.now())["peers"]
+            up = sum(1 for p in peers.values() if p["up"])
+            line = status_line(states, peers_up=up, peers_total=len(bgp.neighbors))
+        if self.reload_ok is False:
+            line += "; last reload rejected, running the previous config"
+        return line
+
+    def _publish_status(self) -> None:
+        if self.ready_sent and not self._stopping and self._scheduler is not None:
+            self.notifier.status(self.summary())
+
+    async def _notify_ready(self, controller: Controller) -> None:
+        """READY=1 only once the first reconcile pass has run: until then systemd (and
+        units ordered after us) see "activating". The start-up hold may outlast
+        TimeoutStartSec, so the start timeout is extended to cover it."""
+        hold = startup_hold(self.config)
+        self.notifier.extend_timeout(
+            hold + 30.0, status=f"starting: waiting up to {hold:.0f}s for health to settle")
+        await controller.first_pass.wait()
+        self.ready_sent = True
+        self.notifier.ready(self.summary())
+
     # ---- status API callbacks
 
     def status(self) -> dict[str, object]:
@@ -254,22 +301,29 @@ class Daemon:
         return self.flags.set_flag(service, kind, on)
 
     async def _start_api(self) -> None:
+        """The read-only TCP listener (status, metrics) and the control socket (status and
+        the operator flags, file permissions decide who may use them)."""
         api = self.config.api
         if not api.enabled:
             return
-        app = create_app(
-            status_provider=self.status,
-            alive=self.alive,
-            set_flag=self.set_flag,
-            metrics=self.metrics if self.config.metrics.enabled else None,
+        metrics = self.metrics if self.config.metrics.enabled else None
+        tcp, control = (
+            ApiServer(create_app(status_provider=self.status, alive=self.alive,
+                                 set_flag=self.set_flag, metrics=m, control=c))
+            for m, c in ((metrics, False), (None, True))
         )
-        server = ApiServer(app)
+        self._api = [tcp, control]
         try:
-            await server.start(api.host, api.port)
+            await tcp.start(api.host, api.port)
         except OSError as exc:
             raise StartupError(f"cannot listen on {api.listen} (api.listen): {exc}") from None
-        self._api = server
-        event(log, "api_listening", url=server.url)
+        path = api.socket_path(self.config.global_.runtime_dir)
+        try:
+            await control.start_unix(path, group=api.socket_group)
+        except OSError as exc:
+            raise StartupError(f"cannot serve the control socket {path} (api.socket): "
+                               f"{exc}") from None
+        event(log, "api_listening", url=tcp.url, control=control.url)
 
     # ---- lifecycle
 
@@ -321,6 +375,7 @@ class Daemon:
             clock=self.clock,
             metrics=None if world.dry_run else self.metrics,
             withdraw_settle=world.speaker.withdraw_settle,
+            causes=self.causes,
         )
         freeze_heap()
         try:
@@ -330,8 +385,8 @@ class Daemon:
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:
-            if self._api is not None:
-                await self._api.stop()
+            for server in self._api:
+                await server.stop()
             world.close()
             if self.controller is not None:
                 self.controller.close()
@@ -404,9 +459,9 @@ class Daemon:
                 ready=self._ready, startup_hold=startup_hold(self.config))))
             if duration is not None:
                 helpers.append(tg.create_task(guarded("timer", self._stop_after(duration))))
+            helpers.append(tg.create_task(guarded("notify_ready", self._notify_ready(controller))))
             event(log, "started", node=self.config.global_.node,
                   services=len(self.config.services), config=str(self.config_path))
-            self.notifier.ready(f"{len(self.config.services)} services")
             while True:
                 await self._wake.wait()
                 self._wake.clear()
@@ -414,10 +469,23 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
+                    ready = self.ready_sent  # a reload before READY stays "activating"
+                    if ready:
+                        self.notifier.reloading()
+                    before = self.config
                     await self._guarded("reload", reload(self))
-            self.notifier.stopping()
+                    for name in set(before.services) | set(self.config.services):
+                        if before.services.get(name) != self.config.services.get(name):
+                            self.causes.note(name, "reload: the service's config changed")
+                    if ready:
+                        self.notifier.ready(self.summary())
             limit = shutdown_limit(self.config)
+            # the shutdown drain may outlast TimeoutStopSec: tell systemd how long it may take
+            self.notifier.stopping(f"stopping: shutdown policy, at most {limit:g}s")
+            self.notifier.extend_timeout(limit + UNWIND_LIMIT + LAST_RESORT_LIMIT + 5.0)
             event(log, "stopping", limit=limit, fail_closed=self.crash is not None)
+            self.causes.note_all("fail closed after a crash" if self.crash is not None
+                                 else "shutdown: each service's shutdown policy")
             ctl_task.cancel()
             # let the cancelled pass unwind (its speaker command closes its connection)
             # before the shutdown passes observe and write; bounded: a pass stuck in a

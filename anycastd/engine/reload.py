@@ -136,10 +136,9 @@ def freeze_heap() -> None:
 async def reload(daemon: Daemon) -> None:
     """Re-read ``daemon.config_path`` and apply it to the running daemon (see the module
     docstring), or reject it and keep running on the old config."""
-    daemon.notifier.reloading()
+    # sd_notify (RELOADING=1 ... READY=1) is the daemon's, around this call
     path = daemon.config_path
     if path is None:  # a config built in memory (demo, tests) has nothing to re-read
-        daemon.notifier.ready()
         return
     try:
         new = load_config(path)
@@ -210,7 +209,6 @@ async def reload(daemon: Daemon) -> None:
     freeze_heap()
     event(log, "reloaded", config=str(path), changed=changed,
           unchanged=len(new.services) - len([n for n in changed if n in new.services]))
-    daemon.notifier.ready(f"{len(new.services)} services")
 
 
 def _reject(daemon: Daemon, path: Path, problems: int, detail: str) -> None:
@@ -218,4 +216,3 @@ def _reject(daemon: Daemon, path: Path, problems: int, detail: str) -> None:
     daemon.metrics.reload(False, time.time())
     event(log, "reload_rejected", level=logging.ERROR, config=str(path),
           problems=problems, detail=detail)
-    daemon.notifier.ready("reload rejected; running the previous config")

@@ -3,32 +3,40 @@
 Rule: the API holds no state of its own and never touches the health engine: it calls the
 callables the daemon hands in (``status_provider``, ``alive``, ``set_flag``) and renders a
 :class:`~anycastd.observe.metrics.Metrics`. It is served with aiohttp's ``AppRunner`` +
-``TCPSite`` inside the daemon's event loop (never ``web.run_app``, which would own the
-loop and the signals).
+``TCPSite`` / ``UnixSite`` inside the daemon's event loop (never ``web.run_app``, which
+would own the loop and the signals).
 
-Routes::
+Two listeners, two applications::
 
-    GET  /status                          200 JSON status document (observe/status.py)
-    GET  /metrics                         200 Prometheus text (only when metrics enabled)
-    GET  /healthz                         200 "ok" while alive(), else 503 "not alive"
-    POST /services/{name}/maintenance     body {"on": true|false}
-    POST /services/{name}/drain           body {"on": true|false}
-         -> 200 {"service", "kind", "on", "state"}; 404 unknown service; 400 bad body
+    TCP (api.listen, read-only)           unix socket (api.socket, the control socket)
+    GET  /status                          GET  /status
+    GET  /metrics (metrics enabled)       GET  /healthz
+    GET  /healthz                         POST /services/{name}/maintenance  {"on": bool}
+    POST /services/...  -> 403 read_only  POST /services/{name}/drain        {"on": bool}
+                                               -> 200 {"service", "kind", "on", "state"};
+                                                  404 unknown service; 400 bad body
 
 Errors are JSON: ``{"error": "<short code>", "message": "<what to do>"}``.
 
-Security: there is no authentication. The default listener is 127.0.0.1:9180; keep it on
-loopback and put a reverse proxy (TLS, auth) in front for remote access. Anyone who can
-reach the port can put services into maintenance or drain.
+Security: there is no authentication on either. A Prometheus scrape, or anyone else who
+reaches the TCP port, can read the state but never change it. The operator flags are served
+only on the control socket, mode 0660 with a configurable group (``api.socket_group``): the
+file system decides who may drain a service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import grp
+import http.client
 import json
 import logging
-import urllib.request
+import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from aiohttp import web
@@ -41,6 +49,7 @@ __all__ = [
     "FLAG_KINDS",
     "AliveCheck",
     "ApiServer",
+    "Endpoint",
     "FlagKind",
     "FlagSetter",
     "StatusProvider",
@@ -157,14 +166,21 @@ def _flag_route(kind: FlagKind) -> _Handler:
     return handler
 
 
+async def _read_only(request: web.Request) -> web.Response:
+    return _error(403, "read_only", "this listener is read-only; operator flags are set over "
+                  "the control socket (api.socket), e.g. `anycastd drain SERVICE on`")
+
+
 def create_app(
     *,
     status_provider: StatusProvider,
     alive: AliveCheck,
     set_flag: FlagSetter,
     metrics: Metrics | None = None,
+    control: bool = True,
 ) -> web.Application:
-    """The API application. ``metrics`` None: no ``/metrics`` route (metrics disabled)."""
+    """The API application. ``metrics`` None: no ``/metrics`` route (metrics disabled).
+    ``control`` False: the flag routes answer 403 (the TCP listener)."""
     app = web.Application(middlewares=[_json_errors], client_max_size=_MAX_BODY)
     app[_STATUS_KEY] = status_provider
     app[_ALIVE_KEY] = alive
@@ -175,7 +191,8 @@ def create_app(
         app[_METRICS_KEY] = metrics
         app.router.add_get("/metrics", _metrics)
     for kind in FLAG_KINDS:
-        app.router.add_post(f"/services/{{name}}/{kind}", _flag_route(kind))
+        route = _flag_route(kind) if control else _read_only
+        app.router.add_post(f"/services/{{name}}/{kind}", route)
     return app
 
 
@@ -191,6 +208,7 @@ class ApiServer:
         self._app = app
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
+        self._path: Path | None = None  # the unix socket to remove at stop
 
     async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
         """Listen on ``host`` (an IPv4/IPv6 address, ``[v6]`` brackets allowed) and
@@ -209,10 +227,44 @@ class ApiServer:
             raise
         self._runner = runner
 
+    async def start_unix(self, path: Path, *, group: str = "", mode: int = 0o660) -> None:
+        """Listen on the unix socket ``path`` with ``mode`` and ``group`` ("" keeps the
+        process's group). A stale socket file is replaced; one that answers (another
+        anycastd) raises OSError(EADDRINUSE), like a taken TCP port. An unknown group, or
+        one this process may not chown to, raises OSError too."""
+        if self._runner is not None:
+            return
+        gid = -1
+        if group:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise OSError(f"no group named {group!r} (api.socket_group)") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
+        runner = web.AppRunner(
+            self._app, access_log=None, shutdown_timeout=self._shutdown_timeout
+        )
+        await runner.setup()
+        try:
+            site = web.UnixSite(runner, str(path))
+            await site.start()
+            os.chown(path, -1, gid)
+            os.chmod(path, mode)
+        except BaseException:
+            await runner.cleanup()
+            _unlink(path)
+            raise
+        self._runner = runner
+        self._path = path
+
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        path, self._path = self._path, None
+        if path is not None:
+            _unlink(path)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -223,61 +275,109 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the first listener (for logs and tests)."""
+        """``http://host:port`` of the first listener, or ``unix:PATH`` (logs and tests)."""
+        if self._path is not None:
+            return f"unix:{self._path}"
         host, port = self.addresses[0]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove a socket file nobody answers on; refuse to take over a live one."""
+    if not path.exists() and not path.is_symlink():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+            return
+    raise OSError(98, f"{path}: another process answers on this socket")
+
+
 # --------------------------------------------------------------------------- client
 # For the CLI (`anycastd status`, `anycastd maintenance|drain`): synchronous, stdlib only,
-# so the command starts fast and needs no event loop.
+# so the command starts fast and needs no event loop. Never through an http_proxy from the
+# environment (http.client ignores it): the daemon is local.
 
 
-def _base(host: str, port: int) -> str:
-    host = host.strip("[]")
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the CLI reaches the daemon: the control socket (``path``) or TCP."""
+
+    path: Path | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _request(req: urllib.request.Request, timeout: float) -> tuple[int, Any]:
-    import urllib.error
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = path
 
-    # the daemon is local: never through an http_proxy from the environment
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        # the URL is built from the validated [api] listen address: always http://host:port
-        with opener.open(req, timeout=timeout) as resp:
-            try:
-                return int(resp.status), json.loads(resp.read())
-            except ValueError as exc:  # something else listens on the port
-                raise RuntimeError(f"the answer is not anycastd's JSON: {exc}") from None
-    except urllib.error.HTTPError as exc:
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
         try:
-            return exc.code, json.loads(exc.read())
-        except ValueError:
-            return exc.code, {"error": "http_error", "message": str(exc.reason)}
+            sock.connect(str(self._socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 
-def fetch_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
-    """GET /status of a running daemon. Raises OSError (URLError) when it is not reachable,
+def _request(
+    endpoint: Endpoint, method: str, target: str, body: bytes | None, timeout: float
+) -> tuple[int, Any]:
+    conn: http.client.HTTPConnection
+    if endpoint.path is not None:
+        conn = _UnixConnection(endpoint.path, timeout)
+    else:
+        conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    try:
+        conn.request(method, target, body=body, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    except http.client.HTTPException as exc:  # something else listens there
+        raise RuntimeError(f"not an HTTP answer: {exc!r}") from None
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(raw)
+    except ValueError as exc:
+        if resp.status >= 400:
+            return resp.status, {"error": "http_error", "message": resp.reason}
+        raise RuntimeError(f"the answer is not anycastd's JSON: {exc}") from None
+
+
+def fetch_status(endpoint: Endpoint, timeout: float = 5.0) -> dict[str, Any]:
+    """GET /status of a running daemon. Raises OSError when it is not reachable,
     RuntimeError for an error answer."""
-    req = urllib.request.Request(f"{_base(host, port)}/status")  # noqa: S310  # see _request
-    code, body = _request(req, timeout)
+    code, body = _request(endpoint, "GET", "/status", None, timeout)
     if code != 200 or not isinstance(body, dict):
         raise RuntimeError(f"/status answered {code}: {body}")
     return body
 
 
 def post_flag(
-    host: str, port: int, service: str, kind: FlagKind, on: bool, *, timeout: float = 5.0
+    endpoint: Endpoint, service: str, kind: FlagKind, on: bool, *, timeout: float = 5.0
 ) -> tuple[int, dict[str, Any]]:
     """POST /services/{service}/{kind}; returns (HTTP status, JSON body)."""
     from urllib.parse import quote
 
-    req = urllib.request.Request(  # noqa: S310  # see _request
-        f"{_base(host, port)}/services/{quote(service, safe='')}/{kind}",
-        data=json.dumps({"on": on}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    code, body = _request(req, timeout)
-    return code, body if isinstance(body, dict) else {"body": body}
+    body = json.dumps({"on": on}).encode()
+    code, answer = _request(
+        endpoint, "POST", f"/services/{quote(service, safe='')}/{kind}", body, timeout)
+    return code, answer if isinstance(answer, dict) else {"body": answer}

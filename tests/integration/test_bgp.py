@@ -249,7 +249,7 @@ def _external_exabgp(topo: Topo) -> subprocess.Popen[bytes]:
     text = example.read_text()
     process = text[text.index("process anycastd {"):text.index("}\n", text.index("process")) + 2]
     relay = Path(EXABGP).parent / "anycastd-exabgp-relay"
-    process = process.replace("/opt/anycastd/.venv/bin/anycastd-exabgp-relay", str(relay))
+    process = process.replace("/opt/anycastd/venv/bin/anycastd-exabgp-relay", str(relay))
     process = process.replace("/run/anycastd/exabgp.sock", str(run / "exabgp.sock"))
     assert str(relay) in process
     conf = topo.tmp / "external.conf"

@@ -27,6 +27,7 @@ from anycastd.core.health import (
 from anycastd.observe.api import (
     DEFAULT_HOST,
     ApiServer,
+    Endpoint,
     FlagKind,
     create_app,
     fetch_status,
@@ -335,11 +336,12 @@ async def test_listens_on_ipv6_loopback(
 
 async def test_sync_client_fetches_status_and_posts_flags(server: ApiServer, node: Node) -> None:
     host, port = server.addresses[0]
-    doc = await asyncio.to_thread(fetch_status, host, port)
+    where = Endpoint(host=host, port=port)
+    doc = await asyncio.to_thread(fetch_status, where)
     assert doc["services"]["dns"]["state"] == "up"
-    code, body = await asyncio.to_thread(post_flag, host, port, "dns", "drain", True)
+    code, body = await asyncio.to_thread(post_flag, where, "dns", "drain", True)
     assert (code, body["state"]) == (200, "draining")
-    code, body = await asyncio.to_thread(post_flag, host, port, "nope", "drain", True)
+    code, body = await asyncio.to_thread(post_flag, where, "nope", "drain", True)
     assert (code, body["error"]) == (404, "unknown_service")
 
 
@@ -347,5 +349,5 @@ async def test_sync_client_unreachable_daemon_raises_oserror() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    with pytest.raises(OSError):  # noqa: PT011  # URLError(ConnectionRefusedError)
-        await asyncio.to_thread(fetch_status, "127.0.0.1", port, 2.0)
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.to_thread(fetch_status, Endpoint(host="127.0.0.1", port=port), 2.0)

@@ -194,6 +194,8 @@ API_SERVICE = SERVICE.replace("[api]\nenabled = false\n[metrics]\nenabled = fals
 
 
 def test_status_and_maintenance_through_the_api_of_a_running_daemon(tmp_path: Path) -> None:
+    from anycastd.observe.api import Endpoint, post_flag
+
     api_port = free_port()
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -201,7 +203,9 @@ def test_status_and_maintenance_through_the_api_of_a_running_daemon(tmp_path: Pa
         port = listener.getsockname()[1]
         cfg = write(
             tmp_path / "anycastd.toml",
-            f'[api]\nlisten = "127.0.0.1:{api_port}"\n' + API_SERVICE.format(port=port),
+            f'[api]\nlisten = "127.0.0.1:{api_port}"\n'
+            + API_SERVICE.format(port=port).replace(
+                "[global]\n", f'[global]\nruntime_dir = "{tmp_path}/run"\n'),
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "anycastd", "run", "--dry-run", "-c", str(cfg)],
@@ -210,7 +214,9 @@ def test_status_and_maintenance_through_the_api_of_a_running_daemon(tmp_path: Pa
         )
         try:
             _read_until(proc, "event=service_transition service=web old=down new=up")
-            status = run_cli("status", "-c", str(cfg), "--json")
+            # the CLI reaches the daemon over its control socket (runtime_dir/api.sock)
+            assert (tmp_path / "run" / "api.sock").is_socket()
+            status = run_cli("status", "-c", str(cfg), "--json", "--check")
             assert status.returncode == 0, status.stderr
             assert json.loads(status.stdout)["services"]["web"]["state"] == "up"
             on = run_cli("maintenance", "-c", str(cfg), "web", "on")
@@ -219,9 +225,20 @@ def test_status_and_maintenance_through_the_api_of_a_running_daemon(tmp_path: Pa
             _read_until(proc, "service=web old=up new=maintenance")
             # The flag file poller must not undo an API flag a second later.
             time.sleep(1.5)
-            table = run_cli("status", "-c", str(cfg))
+            table = run_cli("status", "-c", str(cfg), "--check")
             assert "maintenance" in table.stdout
+            assert table.returncode == 1  # planned: draining or maintenance
             assert run_cli("maintenance", "-c", str(cfg), "nope", "on").returncode == 64
+            # The TCP listener reads, never writes: a scrape target cannot drain the node.
+            tcp = run_cli("status", "--api", f"127.0.0.1:{api_port}", "--json")
+            assert json.loads(tcp.stdout)["services"]["web"]["state"] == "maintenance"
+            code, body = post_flag(Endpoint(host="127.0.0.1", port=api_port), "web",
+                                   "maintenance", False)
+            assert (code, body["error"]) == (403, "read_only")
+            assert run_cli("maintenance", "-c", str(cfg), "web", "off").returncode == 0
+            listener.close()  # the tcp check fails: web goes down
+            _read_until(proc, "service=web old=up new=down")
+            assert run_cli("status", "-c", str(cfg), "--check").returncode == 2
             # A second daemon cannot bind the same API port: exit 69, no traceback.
             second = run_cli("run", "--dry-run", "-c", str(cfg), "--for", "1s")
             assert second.returncode == 69
@@ -254,6 +271,42 @@ def test_status_with_api_address_skips_a_broken_config(tmp_path: Path) -> None:
     assert proc.returncode == 69  # the config was not read; the daemon is just not there
     assert "not reachable" in proc.stderr
     assert run_cli("status", "--api", "nonsense").returncode == 64
+
+
+@pytest.mark.parametrize(
+    "api", ["nonsense", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:0", ":9180", "[::1:9180",
+            "::1:9180", "a b:9180", "http://127.0.0.1:9180", "127.0.0.1:-1"],
+)
+def test_status_with_a_malformed_api_address_is_a_usage_error(
+    api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--api", api]) == 64
+    err = capsys.readouterr().err
+    assert "expected HOST:PORT" in err
+    assert "Traceback" not in err
+
+
+def test_cli_surface_snapshot() -> None:
+    """Every command with its options and arguments: the CLI is public API."""
+    import argparse
+
+    from anycastd.cli import _parser
+    from tests.unit.snapshots import check_snapshot
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    lines = []
+    for name, sp in sub.choices.items():
+        lines.append(name)
+        for action in sp._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            what = "/".join(action.option_strings) or action.dest
+            choices = f" {{{','.join(map(str, action.choices))}}}" if action.choices else ""
+            lines.append(f"{name} {what}{choices}")
+    check_snapshot("cli.txt", "\n".join(lines) + "\n",
+                   why="the CLI's commands and options are public API; update deliberately "
+                   "(ANYCASTD_UPDATE_SNAPSHOTS=1) and document the change in README.md")
 
 
 def test_a_daemon_crash_exits_with_ex_software() -> None:

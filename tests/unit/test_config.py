@@ -237,7 +237,8 @@ def test_unknown_top_level_key_is_suggested(tmp_path: Path) -> None:
 
 def test_unknown_key_without_a_close_match_lists_valid_keys(tmp_path: Path) -> None:
     found = keyed(issues(tmp_path, "[api]\nzzz = 1\n"))
-    assert found["anycastd.toml", "api.zzz"] == "unknown key; valid keys are enabled, listen"
+    assert found["anycastd.toml", "api.zzz"] == (
+        "unknown key; valid keys are enabled, listen, socket, socket_group")
 
 
 def test_unknown_check_option_names_the_types_that_have_it(tmp_path: Path) -> None:
