@@ -1,0 +1,296 @@
+"""Real traffic through an anycastd-run IPVS director: NAT, direct routing, tunnelling.
+
+One topology for the module (see ``lvs_lab``): a client, a router, a director running
+``anycastd run`` with one service per forwarding method, and two real servers, each
+answering with its own name. Asserted per method: the round-robin scheduler spreads new
+connections evenly over both real servers; a real server whose check fails (its health
+listener closes) gets weight 0 and no new connections while a connection it already has
+keeps working (drain); a service whose own check fails loses its VIP on the director and
+connections to it fail. The numbers measured on the way (connections per second, time from
+a check failing to no new connections) are printed and written to
+``$ANYCASTD_OUT/lvs-numbers.json`` (bench/README_lvs.md records them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel import uml_modprobe
+from tests.kernel.lvs_lab import (
+    RS_ADDR,
+    Lab,
+    LineServer,
+    ask,
+    batch,
+    converse,
+    hexaddr,
+    ipvs_weights,
+    lab,
+    sh,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kernel
+
+SERVICE_PORT = 8080
+HEALTH_PORT = 8081
+#: method -> (VIP, virtual port). NAT also shows a port change (80 -> 8080).
+METHODS: dict[str, tuple[str, int]] = {
+    "nat": ("192.0.2.1", 80),
+    "dr": ("192.0.2.2", SERVICE_PORT),
+    "tunnel": ("192.0.2.3", SERVICE_PORT),
+}
+NUMBERS: dict[str, Any] = {}
+
+
+def _director_config(tmp: Path) -> str:
+    parts = [f"""
+        [global]
+        log_format = "logfmt"
+        state_dir = "{tmp}/state"
+        runtime_dir = "{tmp}/run"
+        manage_sysctls = true
+        reconcile_interval = "2s"
+        [api]
+        enabled = false
+        [metrics]
+        enabled = false
+    """]
+    for method, (vip, port) in METHODS.items():
+        parts.append(f"""
+        [services.{method}]
+        prefixes = ["{vip}/32"]
+        interval = "100ms"
+        rise = 1
+        fall = 1
+        shutdown = "withdraw"
+        drain_time = "0s"
+        [[services.{method}.checks]]
+        type = "file"
+        path = "{tmp}/{method}.up"
+        [services.{method}.ipvs]
+        protocol = "tcp"
+        port = {port}
+        scheduler = "rr"
+        """)
+        for address in RS_ADDR.values():
+            parts.append(f"""
+        [[services.{method}.ipvs.real_servers]]
+        address = "{address}"
+        port = {SERVICE_PORT}
+        forwarding = "{method}"
+        [[services.{method}.ipvs.real_servers.checks]]
+        type = "tcp"
+        host = "{address}"
+        port = {HEALTH_PORT}
+            """)
+    return textwrap.dedent("".join(parts))
+
+
+def _record(method: str, key: str, value: object) -> None:
+    NUMBERS.setdefault(method, {})[key] = value
+    out = os.environ.get("ANYCASTD_OUT")
+    if out:
+        Path(out, "lvs-numbers.json").write_text(json.dumps(NUMBERS, indent=1) + "\n")
+
+
+class Setup:
+    def __init__(self, lab: Lab, servers: LineServer, tmp: Path, log: Path) -> None:
+        self.lab = lab
+        self.servers = servers
+        self.tmp = tmp
+        self.log = log
+
+    def weights(self, method: str) -> dict[str, int]:
+        vip, port = METHODS[method]
+        table = ipvs_weights(self.lab["director"])
+        return {
+            role: table.get(f"TCP {hexaddr(vip, port)}", {}).get(
+                hexaddr(addr, SERVICE_PORT), -1)
+            for role, addr in RS_ADDR.items()
+        }
+
+    def wait_all_weights(self) -> None:
+        for method in METHODS:
+            wait_for(f"{method}: both real servers at weight 1",
+                     lambda m=method: self.weights(m) == {"rs1": 1, "rs2": 1})  # type: ignore[misc]
+
+    def ask(self, method: str, timeout: float = 5.0) -> str:
+        vip, port = METHODS[method]
+        return ask(self.lab["client"], vip, port, timeout=timeout)
+
+    def open_health(self, role: str) -> None:
+        self.servers.listen(self.lab[role], role, RS_ADDR[role], HEALTH_PORT)
+
+    def close_health(self, role: str) -> None:
+        self.servers.close_listener(self.lab[role], RS_ADDR[role], HEALTH_PORT)
+
+
+def _real_server_by_hand(lab: Lab, role: str) -> None:
+    """What a DR/TUN real server needs (until anycastd's real-server role does it)."""
+    batch(lab.ns(role), [
+        *(f"addr add {METHODS[m][0]}/32 dev lo" for m in ("dr", "tunnel")),
+        "link set tunl0 up",
+        "rule add from 192.0.2.0/24 lookup 100",
+        "route add default via 10.70.2.254 table 100",
+    ])
+    t = lab[role]
+    t.sysctl("net.ipv4.conf.all.arp_ignore", "1")
+    t.sysctl("net.ipv4.conf.all.arp_announce", "2")
+    t.sysctl("net.ipv4.conf.all.rp_filter", "0")
+    t.sysctl("net.ipv4.conf.tunl0.rp_filter", "0")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    moddir = f"/usr/lib/uml/modules/{os.uname().release}"
+    assert uml_modprobe.main([moddir, "ipip", "bridge"]) == 0, "cannot load ipip, bridge"
+    tmp = tmp_path_factory.mktemp("lvs")
+    for method in METHODS:
+        (tmp / f"{method}.up").touch()
+    cfg = tmp / "director.toml"
+    cfg.write_text(_director_config(tmp))
+    log = tmp / "director.log"
+    servers = LineServer()
+    with lab("lvs") as the_lab:
+        s = Setup(the_lab, servers, tmp, log)
+        for role in RS_ADDR:
+            _real_server_by_hand(the_lab, role)
+            servers.listen(the_lab[role], role, "0.0.0.0", SERVICE_PORT)
+            s.open_health(role)
+        anycastd = str(Path(sys.executable).parent / "anycastd")
+        with log.open("w") as out:
+            daemon = subprocess.Popen(
+                ["ip", "netns", "exec", the_lab.ns("director"), anycastd, "run", "-c", str(cfg)],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        try:
+            for method in METHODS:
+                wait_for(f"{method}: both real servers at weight 1",
+                         lambda m=method: daemon.poll() is None  # type: ignore[misc]
+                         and s.weights(m) == {"rs1": 1, "rs2": 1}, timeout=60)
+            assert daemon.poll() is None, log.read_text()
+            yield s
+        finally:
+            if daemon.poll() is None:
+                daemon.terminate()
+                try:
+                    daemon.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    daemon.wait()
+            servers.close()
+            text = log.read_text()
+            assert "Traceback" not in text, text
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_new_connections_reach_both_real_servers_round_robin(setup: Setup, method: str) -> None:
+    wait_for("the VIP answers", lambda: _answers(setup, method))
+    n = 200
+    decapsulated = {role: _tunl0_rx(setup, role) for role in RS_ADDR}
+    start = time.monotonic()
+    seen = Counter(setup.ask(method) for _ in range(n))
+    elapsed = time.monotonic() - start
+    assert set(seen) == {"rs1", "rs2"}, seen
+    assert abs(seen["rs1"] - seen["rs2"]) <= 1, seen
+    for role in RS_ADDR:
+        # TUN: every packet the client sent reached the real server through its tunl0
+        # (at least SYN, data and FIN per connection); the other methods never use it
+        got = _tunl0_rx(setup, role) - decapsulated[role]
+        assert got >= 3 * seen[role] if method == "tunnel" else got == 0, (role, got)
+    _record(method, "connections", dict(seen))
+    _record(method, "connections_per_second", round(n / elapsed, 1))
+    print(f"{method}: {dict(seen)} in {elapsed:.2f} s = {n / elapsed:.0f} connections/s")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_failed_real_server_drains_gets_no_new_connections(setup: Setup, method: str) -> None:
+    wait_for("the VIP answers", lambda: _answers(setup, method))
+    setup.wait_all_weights()
+    vip, port = METHODS[method]
+    established = setup.lab["client"].socket()
+    established.settimeout(5)
+    established.connect((vip, port))
+    victim = converse(established)
+    other = "rs2" if victim == "rs1" else "rs1"
+    try:
+        failed_at = time.monotonic()
+        setup.close_health(victim)
+        # new connections, as fast as they come, until the victim's weight is 0 and it
+        # has had no new connection for a while
+        last_victim = failed_at
+        weight0_at: float | None = None
+        while True:
+            now = time.monotonic()
+            if setup.ask(method) == victim:
+                last_victim = time.monotonic()
+            if weight0_at is None and setup.weights(method)[victim] == 0:
+                weight0_at = time.monotonic()
+            if weight0_at is not None and now - max(last_victim, weight0_at) > 0.5:
+                break
+            assert now - failed_at < 30, "the failed real server kept its weight"
+        answers = Counter(setup.ask(method) for _ in range(20))
+        assert answers == Counter({other: 20}), answers
+        # the connection it already had still works (weight 0 drains, it does not cut)
+        assert converse(established) == victim
+        assert setup.weights(method)[victim] == 0
+        _record(method, "check_fail_to_weight0_ms", round((weight0_at - failed_at) * 1000, 1))
+        _record(method, "check_fail_to_last_new_connection_ms",
+                round((last_victim - failed_at) * 1000, 1))
+        print(f"{method}: check failed -> weight 0 after {(weight0_at - failed_at) * 1000:.0f}"
+              f" ms; last new connection {(last_victim - failed_at) * 1000:.0f} ms after")
+    finally:
+        established.close()
+        setup.open_health(victim)
+    # the health listener serves every method's check: wait for all of them
+    setup.wait_all_weights()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_withdrawn_vip_stops_traffic(setup: Setup, method: str) -> None:
+    wait_for("the VIP answers", lambda: _answers(setup, method))
+    flag = setup.tmp / f"{method}.up"
+    flag.unlink()
+    try:
+        wait_for("the VIP gone from the director",
+                 lambda: METHODS[method][0] not in _director_lo(setup))
+        try:
+            answer = setup.ask(method, timeout=2.0)
+        except OSError as exc:
+            _record(method, "after_withdraw", f"{type(exc).__name__}: {exc}")
+        else:
+            pytest.fail(f"{answer} answered through a withdrawn VIP")
+    finally:
+        flag.touch()
+    wait_for("the VIP answers again", lambda: _answers(setup, method))
+
+
+def _answers(setup: Setup, method: str) -> bool:
+    try:
+        return setup.ask(method, timeout=1.0) in ("rs1", "rs2")
+    except OSError:
+        return False
+
+
+def _tunl0_rx(setup: Setup, role: str) -> int:
+    for line in setup.lab[role].read("/proc/thread-self/net/dev").splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "tunl0":
+            return int(counters.split()[1])  # received packets
+    raise AssertionError(f"{role} has no tunl0")
+
+
+def _director_lo(setup: Setup) -> str:
+    return sh("ip", "-n", setup.lab.ns("director"), "-4", "addr", "show", "dev", "lo")
