@@ -358,6 +358,18 @@ class IpvsConfig(_Model):
         return {**data, "real_servers": resolved}
 
 
+# --- the real-server role (issue 14; docs/lvs.md) -------------------------------------------
+
+
+class RealServerRole(_Model):
+    """This node is a backend of an LVS director for the service's prefixes (its VIPs):
+    the VIP goes on ``global.interface`` while the service is healthy, never announced,
+    with what the forwarding method needs on a backend (``anycastd.core.realserver``)."""
+
+    forwarding: Literal["dr", "tunnel"]
+    tunnel: Literal["ipip", "gre"] | None = None  # required with forwarding = "tunnel"
+
+
 class ServiceConfig(_Model):
     """One service. ``checks`` (and real-server checks) carry effective timing values."""
 
@@ -385,6 +397,7 @@ class ServiceConfig(_Model):
     bgp: ServiceBgp = ServiceBgp()
     ospf: OspfConfig | None = None
     ipvs: IpvsConfig | None = None
+    real_server: RealServerRole | None = None
 
     @model_validator(mode="before")
     @classmethod

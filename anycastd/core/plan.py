@@ -7,9 +7,12 @@ time at which to plan again if nothing else happens.
 Theory of operation
 -------------------
 Each pass diffs :class:`~anycastd.core.desired.Desired` against :class:`Observed` (read back
-from the kernel and the speaker) and returns at most five steps, always in this order::
+from the kernel and the speaker) and returns at most six steps, always in this order::
 
     1. BgpStep      withdrawals and demotions (routes that stay keep what they have)
+    1b. NodeStep    what the real-server role needs (links, sysctls; core.realserver):
+                    before any address, so a backend's VIP never goes on ``lo`` while the
+                    node would still answer ARP for it
     2. LoopbackStep address adds
     3. IpvsStep     virtual services and real servers (adds, weights, deletes)
     4. LoopbackStep address removes
@@ -90,6 +93,8 @@ from typing import Literal, TypeAlias
 from anycastd.core.addresses import diff_addresses
 from anycastd.core.desired import Desired, Guard, PrefixIntent
 from anycastd.core.ipvs import diff_ipvs
+from anycastd.core.realserver import NodeAction, NodeObserved
+from anycastd.core.realserver import diff as diff_node
 from anycastd.model import (
     AddAddress,
     AddressAction,
@@ -112,6 +117,7 @@ __all__ = [
     "ControllerState",
     "IpvsStep",
     "LoopbackStep",
+    "NodeStep",
     "Observed",
     "Phase",
     "Plan",
@@ -149,6 +155,15 @@ class Observed:
     ipvs: IpvsObserved = field(default_factory=IpvsObserved)
     announced: frozenset[Route] = frozenset()
     ipvs_owned: frozenset[VirtualService] = frozenset()
+    #: the real-server role's links and sysctls (None: not read)
+    node: NodeObserved | None = None
+
+
+@dataclass(frozen=True)
+class NodeStep:
+    """What the real-server role needs (links up, sysctls), before any address is added."""
+
+    actions: tuple[NodeAction, ...]
 
 
 @dataclass(frozen=True)
@@ -168,7 +183,7 @@ class BgpStep:
     routes: frozenset[Route]
 
 
-Step: TypeAlias = LoopbackStep | IpvsStep | BgpStep
+Step: TypeAlias = NodeStep | LoopbackStep | IpvsStep | BgpStep
 
 
 @dataclass(frozen=True)
@@ -513,6 +528,10 @@ def plan(
     steps: list[Step] = []
     if set1 != before:
         steps.append(BgpStep(set1))
+    # at shutdown nothing is set up any more (and nothing of the role is ever undone)
+    node_actions = diff_node(desired.node, observed.node) if desired.node and not shutdown else ()
+    if node_actions:
+        steps.append(NodeStep(node_actions))
     if lo_first:
         steps.append(LoopbackStep(tuple(lo_first)))
     if ipvs_actions:

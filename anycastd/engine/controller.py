@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from anycastd.actuators.ipvs import IpvsActuator
 from anycastd.actuators.loopback import LoopbackActuator
+from anycastd.actuators.realserver import RealServerActuator
 from anycastd.bgp.protocol import Speaker
 from anycastd.config import Config
 from anycastd.core.desired import Desired, RealServerKey, compute
@@ -40,6 +41,7 @@ from anycastd.core.plan import (
     ControllerState,
     IpvsStep,
     LoopbackStep,
+    NodeStep,
     Observed,
     Plan,
     Step,
@@ -115,8 +117,10 @@ class Controller:
         rng: random.Random | None = None,
         drain_connections: int = 0,
         withdraw_settle: float = 0.0,
+        node: RealServerActuator | None = None,
     ) -> None:
         self.config = config
+        self.node = node  # the real-server role's links and sysctls (core.realserver)
         self.loopback = loopback
         self.ipvs = ipvs
         self.speaker = speaker
@@ -181,7 +185,11 @@ class Controller:
             raise TransientError("exabgp", "the announced routes have not been read back yet")
         else:
             announced = routes_from_rib(self.speaker.sent, self.bgp_settings, self._hints)
-        return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned)
+        node = None
+        if desired.node and self.node is not None:
+            node = await self._in_thread(self.node.observe, desired.node)
+        return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned,
+                        node=node)
 
     def desired(self) -> Desired:
         return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
@@ -303,7 +311,15 @@ class Controller:
             self._last_routes = self._held = step.routes
             self._count("exabgp", 1)
             return bool(withdrawn)
-        if isinstance(step, LoopbackStep):
+        if isinstance(step, NodeStep):
+            if self.node is None:  # a reload that adds the first [real_server] is refused
+                raise PermanentError("realserver", "no real-server actuator ([real_server] "
+                                     "was not configured at start; restart anycastd)")
+            await self._in_thread(self.node.apply, list(step.actions))
+            for na in step.actions:
+                event(log, "realserver", action=str(na))
+            self._count("realserver", len(step.actions))
+        elif isinstance(step, LoopbackStep):
             await self._in_thread(self.loopback.apply, list(step.actions))
             for a in step.actions:
                 event(log, "loopback", action=str(a))

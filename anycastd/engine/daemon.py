@@ -316,6 +316,7 @@ class Daemon:
             clock=self.clock,
             metrics=None if world.dry_run else self.metrics,
             withdraw_settle=world.speaker.withdraw_settle,
+            node=world.node,
         )
         freeze_heap()
         try:

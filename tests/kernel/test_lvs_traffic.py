@@ -71,9 +71,10 @@ def _director_config(tmp: Path) -> str:
         parts.append(f"""
         [services.{method}]
         prefixes = ["{vip}/32"]
-        interval = "100ms"
+        interval = "500ms"
+        timeout = "450ms"
         rise = 1
-        fall = 1
+        fall = 2
         shutdown = "withdraw"
         drain_time = "0s"
         [[services.{method}.checks]]
@@ -94,6 +95,8 @@ def _director_config(tmp: Path) -> str:
         type = "tcp"
         host = "{address}"
         port = {HEALTH_PORT}
+        interval = "150ms"
+        timeout = "140ms"
             """)
     return textwrap.dedent("".join(parts))
 
@@ -111,6 +114,10 @@ class Setup:
         self.servers = servers
         self.tmp = tmp
         self.log = log
+        self.daemons: dict[str, subprocess.Popen[bytes]] = {}
+
+    def lo(self, role: str) -> str:
+        return sh("ip", "-n", self.lab.ns(role), "addr", "show", "dev", "lo")
 
     def weights(self, method: str) -> dict[str, int]:
         vip, port = METHODS[method]
@@ -137,19 +144,64 @@ class Setup:
         self.servers.close_listener(self.lab[role], RS_ADDR[role], HEALTH_PORT)
 
 
-def _real_server_by_hand(lab: Lab, role: str) -> None:
-    """What a DR/TUN real server needs (until anycastd's real-server role does it)."""
+def _backend_config(tmp: Path, role: str) -> str:
+    """anycastd's real-server role on a backend: the DR and TUN VIPs, gated on a file."""
+    parts = [f"""
+        [global]
+        log_format = "logfmt"
+        state_dir = "{tmp}/{role}-state"
+        runtime_dir = "{tmp}/{role}-run"
+        reconcile_interval = "1s"
+        [api]
+        enabled = false
+        [metrics]
+        enabled = false
+    """]
+    for method, tunnel in (("dr", ""), ("tunnel", 'tunnel = "ipip"')):
+        parts.append(f"""
+        [services.{method}]
+        prefixes = ["{METHODS[method][0]}/32"]
+        interval = "500ms"
+        timeout = "450ms"
+        rise = 1
+        fall = 2
+        shutdown = "withdraw"
+        [[services.{method}.checks]]
+        type = "file"
+        path = "{tmp}/{role}.ok"
+        [services.{method}.real_server]
+        forwarding = "{method}"
+        {tunnel}
+        """)
+    return textwrap.dedent("".join(parts))
+
+
+def _reply_route(lab: Lab, role: str) -> None:
+    """Replies sourced from a VIP (DR, TUN) go straight to the router; the real server's
+    own replies (NAT) keep the default route through the director."""
     batch(lab.ns(role), [
-        *(f"addr add {METHODS[m][0]}/32 dev lo" for m in ("dr", "tunnel")),
-        "link set tunl0 up",
         "rule add from 192.0.2.0/24 lookup 100",
         "route add default via 10.70.2.254 table 100",
     ])
-    t = lab[role]
-    t.sysctl("net.ipv4.conf.all.arp_ignore", "1")
-    t.sysctl("net.ipv4.conf.all.arp_announce", "2")
-    t.sysctl("net.ipv4.conf.all.rp_filter", "0")
-    t.sysctl("net.ipv4.conf.tunl0.rp_filter", "0")
+
+
+def _start(lab: Lab, role: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    anycastd = str(Path(sys.executable).parent / "anycastd")
+    with log.open("w") as out:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns(role), anycastd, "run", "-c", str(cfg)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -159,40 +211,43 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("lvs")
     for method in METHODS:
         (tmp / f"{method}.up").touch()
-    cfg = tmp / "director.toml"
-    cfg.write_text(_director_config(tmp))
-    log = tmp / "director.log"
     servers = LineServer()
+    daemons: dict[str, subprocess.Popen[bytes]] = {}
     with lab("lvs") as the_lab:
-        s = Setup(the_lab, servers, tmp, log)
-        for role in RS_ADDR:
-            _real_server_by_hand(the_lab, role)
-            servers.listen(the_lab[role], role, "0.0.0.0", SERVICE_PORT)
-            s.open_health(role)
-        anycastd = str(Path(sys.executable).parent / "anycastd")
-        with log.open("w") as out:
-            daemon = subprocess.Popen(
-                ["ip", "netns", "exec", the_lab.ns("director"), anycastd, "run", "-c", str(cfg)],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
+        s = Setup(the_lab, servers, tmp, tmp / "director.log")
         try:
+            for role in RS_ADDR:
+                _reply_route(the_lab, role)
+                servers.listen(the_lab[role], role, "0.0.0.0", SERVICE_PORT)
+                s.open_health(role)
+                (tmp / f"{role}.ok").touch()
+                cfg = tmp / f"{role}.toml"
+                cfg.write_text(_backend_config(tmp, role))
+                daemons[role] = _start(the_lab, role, cfg, tmp / f"{role}.log")
+            cfg = tmp / "director.toml"
+            cfg.write_text(_director_config(tmp))
+            daemons["director"] = _start(the_lab, "director", cfg, tmp / "director.log")
+            for role in RS_ADDR:
+                wait_for(f"{role}: the DR and TUN VIPs on lo",
+                         lambda r=role: daemons[r].poll() is None  # type: ignore[misc]
+                         and all(METHODS[m][0] in s.lo(r) for m in ("dr", "tunnel")),
+                         timeout=60)
             for method in METHODS:
                 wait_for(f"{method}: both real servers at weight 1",
-                         lambda m=method: daemon.poll() is None  # type: ignore[misc]
+                         lambda m=method: daemons["director"].poll() is None  # type: ignore[misc]
                          and s.weights(m) == {"rs1": 1, "rs2": 1}, timeout=60)
-            assert daemon.poll() is None, log.read_text()
+            s.daemons = daemons
             yield s
         finally:
-            if daemon.poll() is None:
-                daemon.terminate()
-                try:
-                    daemon.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait()
+            for proc in daemons.values():
+                _stop(proc)
             servers.close()
-            text = log.read_text()
-            assert "Traceback" not in text, text
+            out = os.environ.get("ANYCASTD_OUT")
+            for name in ("director", *RS_ADDR):
+                text = (tmp / f"{name}.log").read_text()
+                if out:  # kept with the junit report, for a failure's post-mortem
+                    Path(out, f"lvs-{name}.log").write_text(text)
+                assert "Traceback" not in text, text
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -241,6 +296,7 @@ def test_failed_real_server_drains_gets_no_new_connections(setup: Setup, method:
             if weight0_at is not None and now - max(last_victim, weight0_at) > 0.5:
                 break
             assert now - failed_at < 30, "the failed real server kept its weight"
+            time.sleep(0.005)  # leave the (single) guest CPU to the daemons
         answers = Counter(setup.ask(method) for _ in range(20))
         assert answers == Counter({other: 20}), answers
         # the connection it already had still works (weight 0 drains, it does not cut)
@@ -293,4 +349,66 @@ def _tunl0_rx(setup: Setup, role: str) -> int:
 
 
 def _director_lo(setup: Setup) -> str:
-    return sh("ip", "-n", setup.lab.ns("director"), "-4", "addr", "show", "dev", "lo")
+    return setup.lo("director")
+
+
+# --- the real-server role (anycastd on the backends) -------------------------------------------
+
+
+def _flags(setup: Setup, role: str, device: str) -> set[str]:
+    line = sh("ip", "-n", setup.lab.ns(role), "-o", "link", "show", "dev", device)
+    return set(line.split("<", 1)[1].split(">", 1)[0].split(","))
+
+
+def _sysctl(setup: Setup, role: str, key: str) -> str:
+    return setup.lab[role].read("/proc/sys/" + key.replace(".", "/")).strip()
+
+
+def test_backend_role_set_arp_and_tunnel_state(setup: Setup) -> None:
+    for role in RS_ADDR:
+        assert _sysctl(setup, role, "net.ipv4.conf.all.arp_ignore") == "1"
+        assert _sysctl(setup, role, "net.ipv4.conf.all.arp_announce") == "2"
+        assert _sysctl(setup, role, "net.ipv4.conf.tunl0.rp_filter") == "0"
+        assert _sysctl(setup, role, "net.ipv4.conf.all.rp_filter") in ("0", "2")
+        assert "UP" in _flags(setup, role, "tunl0")
+
+
+def test_sick_backend_removes_its_vip_so_even_its_director_cannot_reach_it(setup: Setup) -> None:
+    setup.wait_all_weights()
+    ok = setup.tmp / "rs1.ok"
+    ok.unlink()
+    try:
+        for method in ("dr", "tunnel"):
+            wait_for(f"rs1 without the {method} VIP",
+                     lambda m=method: METHODS[m][0] not in setup.lo("rs1"))  # type: ignore[misc]
+        # the director still sends rs1 its share (its check of rs1 passes): those
+        # connections find no VIP there and fail; rs2's still work
+        assert setup.weights("dr") == {"rs1": 1, "rs2": 1}
+        for method in ("dr", "tunnel"):
+            answers, failures = [], 0
+            for _ in range(2):
+                try:
+                    answers.append(setup.ask(method, timeout=1.0))
+                except OSError:
+                    failures += 1
+            assert (answers, failures) == (["rs2"], 1), method
+    finally:
+        ok.touch()
+    for method in ("dr", "tunnel"):
+        wait_for(f"rs1 with the {method} VIP again",
+                 lambda m=method: METHODS[m][0] in setup.lo("rs1"))  # type: ignore[misc]
+
+
+def test_backend_role_repairs_drift_and_leaves_foreign_state(setup: Setup) -> None:
+    rs1 = setup.lab["rs1"]
+    batch(setup.lab.ns("rs1"), ["addr add 192.0.2.99/32 dev lo", "link set tunl0 down"])
+    rs1.sysctl("net.ipv4.conf.all.arp_ignore", "0")
+    try:
+        wait_for("arp_ignore and tunl0 repaired",
+                 lambda: _sysctl(setup, "rs1", "net.ipv4.conf.all.arp_ignore") == "1"
+                 and "UP" in _flags(setup, "rs1", "tunl0"))
+        assert "192.0.2.99/32" in setup.lo("rs1")  # the operator's address stays
+        wait_for("TUN traffic through rs1 again",
+                 lambda: "rs1" in {setup.ask("tunnel") for _ in range(2)})
+    finally:
+        batch(setup.lab.ns("rs1"), ["addr del 192.0.2.99/32 dev lo"])
