@@ -250,6 +250,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 assert "Traceback" not in text, text
 
 
+def test_baseline_connections_straight_to_a_real_server(setup: Setup) -> None:
+    """No IPVS on the way: what the client and the guest manage by themselves (the
+    connections/s through the director below are only meaningful next to this)."""
+    n = 200
+    start = time.monotonic()
+    seen = Counter(ask(setup.lab["client"], RS_ADDR["rs1"], SERVICE_PORT) for _ in range(n))
+    elapsed = time.monotonic() - start
+    assert seen == Counter({"rs1": n})
+    _record("direct", "connections_per_second", round(n / elapsed, 1))
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_new_connections_reach_both_real_servers_round_robin(setup: Setup, method: str) -> None:
     wait_for("the VIP answers", lambda: _answers(setup, method))
