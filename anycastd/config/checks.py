@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from anycastd.config.errors import ConfigIssue, _fmt
-from anycastd.config.lvs import check_real_server
+from anycastd.config.lvs import check_policy_routing, check_real_server
 from anycastd.config.schema import (
     ApiConfig,
     BgpConfig,
@@ -130,6 +130,7 @@ class _Rules:
         if service.ipvs is not None:
             self._check_ipvs(file, [*base, "ipvs"], service, _raw_at(raw, "ipvs"), raw)
         check_real_server(self.add, file, base, service)
+        check_policy_routing(self.add, file, base, service)
         self._check_service_bgp(file, base, service, bgp)
 
     def _check_timing(

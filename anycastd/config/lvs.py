@@ -36,3 +36,30 @@ def check_real_server(add: Add, file: str, base: list[str | int], service: Servi
         if prefix.prefixlen != prefix.max_prefixlen:
             add(file, [*base, "prefixes", i], f"{prefix} is not a single address; a "
                 "[real_server] service accepts VIPs (/32 or /128)")
+
+
+def check_policy_routing(
+    add: Add, file: str, base: list[str | int], service: ServiceConfig
+) -> None:
+    policy = service.policy_routing
+    if policy is None:
+        return
+    key: list[str | int] = [*base, "policy_routing"]
+    if policy.table in (253, 254, 255):
+        name = {253: "default", 254: "main", 255: "local"}[policy.table]
+        add(file, [*key, "table"], f"table {policy.table} is the kernel's {name} table; give "
+            "the service a table of its own (1..252 or above 255)")
+    if not policy.from_prefixes and policy.fwmark is None:
+        add(file, [*key, "from_prefixes"], "with from_prefixes = false and no fwmark, no rule "
+            "would use the table")
+    families = {p.version for p in service.prefixes}
+    for i, route in enumerate(policy.routes):
+        rkey: list[str | int] = [*key, "routes", i]
+        if route.via is None and route.dev is None:
+            add(file, rkey, "a route needs via, dev or both")
+        if route.via is not None and route.via.version != route.to.version:
+            add(file, [*rkey, "via"], f"{route.via} is IPv{route.via.version} but to = "
+                f"{route.to} is IPv{route.to.version}")
+        if route.to.version not in families:
+            add(file, [*rkey, "to"], f"{route.to} is IPv{route.to.version} but the service has "
+                f"no IPv{route.to.version} prefix: no rule would lead to it")

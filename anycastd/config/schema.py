@@ -370,6 +370,25 @@ class RealServerRole(_Model):
     tunnel: Literal["ipip", "gre"] | None = None  # required with forwarding = "tunnel"
 
 
+class PolicyRoute(_Model):
+    """One route in a service's own routing table (``[[services.NAME.policy_routing.routes]]``)."""
+
+    to: Prefix
+    via: IPAddress | None = None
+    dev: Annotated[str, PlainValidator(_v_ifname)] | None = None
+
+
+class PolicyRouting(_Model):
+    """Traffic from the service's prefixes (and/or with ``fwmark``) uses routing table
+    ``table``, which holds ``routes``; present while the service is served (docs/lvs.md)."""
+
+    table: Annotated[int, Strict(), Field(ge=1, le=4294967295)]
+    priority: Annotated[int, Strict(), Field(ge=1, le=32765)] = 1000
+    from_prefixes: Bool = True
+    fwmark: Annotated[int, Strict(), Field(ge=1, le=4294967295)] | None = None
+    routes: Annotated[tuple[PolicyRoute, ...], Field(min_length=1)]
+
+
 class ServiceConfig(_Model):
     """One service. ``checks`` (and real-server checks) carry effective timing values."""
 
@@ -398,6 +417,7 @@ class ServiceConfig(_Model):
     ospf: OspfConfig | None = None
     ipvs: IpvsConfig | None = None
     real_server: RealServerRole | None = None
+    policy_routing: PolicyRouting | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -71,6 +71,8 @@ from typing import Literal, TypeAlias
 from anycastd.config import BgpStateAttrs, Config, IpvsConfig, ServiceConfig
 from anycastd.config import RealServer as ConfigRealServer
 from anycastd.core.health import ServiceState
+from anycastd.core.policyroute import ServicePolicy
+from anycastd.core.policyroute import from_config as policies_from_config
 from anycastd.core.realserver import NodeNeeds, needs
 from anycastd.model import Attributes, HostAddress, RealServer, Route, ServiceSpec, VirtualService
 
@@ -204,6 +206,8 @@ class Desired:
     services: tuple[ServiceIntent, ...] = ()
     #: what the real-server role needs on this node before its VIPs go on the interface
     node: NodeNeeds = field(default_factory=NodeNeeds)
+    #: per service, its policy rules and routes (core.policyroute)
+    policy: tuple[ServicePolicy, ...] = ()
 
     def prefix(self, prefix: str) -> PrefixIntent | None:
         return self._by_prefix.get(prefix)
@@ -518,4 +522,5 @@ def compute(
         ),
         services=tuple(intents[s.name] for s in services),
         node=needs(config),
+        policy=policies_from_config(config),
     )

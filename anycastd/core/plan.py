@@ -7,15 +7,17 @@ time at which to plan again if nothing else happens.
 Theory of operation
 -------------------
 Each pass diffs :class:`~anycastd.core.desired.Desired` against :class:`Observed` (read back
-from the kernel and the speaker) and returns at most six steps, always in this order::
+from the kernel and the speaker) and returns at most eight steps, always in this order::
 
     1. BgpStep      withdrawals and demotions (routes that stay keep what they have)
     1b. NodeStep    what the real-server role needs (links, sysctls; core.realserver):
                     before any address, so a backend's VIP never goes on ``lo`` while the
                     node would still answer ARP for it
     2. LoopbackStep address adds
+    2b. PolicyStep  policy routes and rules added (core.policyroute)
     3. IpvsStep     virtual services and real servers (adds, weights, deletes)
     4. LoopbackStep address removes
+    4b. PolicyStep  policy rules and routes removed
     5. BgpStep      new announcements and attribute changes
 
 A step is one actuator's batch; a ``BgpStep`` carries the WHOLE route set the speaker should
@@ -93,6 +95,8 @@ from typing import Literal, TypeAlias
 from anycastd.core.addresses import diff_addresses
 from anycastd.core.desired import Desired, Guard, PrefixIntent
 from anycastd.core.ipvs import diff_ipvs
+from anycastd.core.policyroute import PolicyAction, PolicyDiff, PolicyObserved
+from anycastd.core.policyroute import diff as diff_policy
 from anycastd.core.realserver import NodeAction, NodeObserved
 from anycastd.core.realserver import diff as diff_node
 from anycastd.model import (
@@ -121,6 +125,7 @@ __all__ = [
     "Observed",
     "Phase",
     "Plan",
+    "PolicyStep",
     "Step",
     "plan",
 ]
@@ -157,13 +162,18 @@ class Observed:
     ipvs_owned: frozenset[VirtualService] = frozenset()
     #: the real-server role's links and sysctls (None: not read)
     node: NodeObserved | None = None
+    #: anycastd's policy rules and their tables' routes (None: not read)
+    policy: PolicyObserved | None = None
 
 
 @dataclass(frozen=True)
 class NodeStep:
-    """What the real-server role needs (links up, sysctls), before any address is added."""
+    actions: tuple[NodeAction, ...]  # the real-server role's links and sysctls
 
-    actions: tuple[NodeAction, ...]
+
+@dataclass(frozen=True)
+class PolicyStep:
+    actions: tuple[PolicyAction, ...]  # adds, or removes (core.policyroute)
 
 
 @dataclass(frozen=True)
@@ -183,7 +193,7 @@ class BgpStep:
     routes: frozenset[Route]
 
 
-Step: TypeAlias = NodeStep | LoopbackStep | IpvsStep | BgpStep
+Step: TypeAlias = NodeStep | LoopbackStep | PolicyStep | IpvsStep | BgpStep
 
 
 @dataclass(frozen=True)
@@ -418,6 +428,16 @@ def _addresses(p: _Pass, desired: Desired, observed: LoopbackObserved) -> set[Ho
     return want
 
 
+def _policy(p: _Pass, desired: Desired, observed: Observed) -> PolicyDiff:
+    """A service's policy rules and routes stay while it is active: a prefix of it wanted,
+    still announced (drain) or kept."""
+    if not desired.policy and observed.policy is None:
+        return PolicyDiff()
+    held = p.targets.keys() | p.bgp1.keys() | p.kept
+    active = {s.name for s in desired.services if any(x in held for x in s.prefixes)}
+    return diff_policy(desired.policy, active, observed.policy or PolicyObserved())
+
+
 def _union(routes: Iterable[frozenset[Route]]) -> frozenset[Route]:
     out: set[Route] = set()
     for group in routes:
@@ -534,10 +554,15 @@ def plan(
         steps.append(NodeStep(node_actions))
     if lo_first:
         steps.append(LoopbackStep(tuple(lo_first)))
+    policy = _policy(p, desired, observed)
+    if policy.adds:
+        steps.append(PolicyStep(policy.adds))
     if ipvs_actions:
         steps.append(IpvsStep(tuple(ipvs_actions)))
     if lo_last:
         steps.append(LoopbackStep(tuple(lo_last)))
+    if policy.removes:
+        steps.append(PolicyStep(policy.removes))
     if set2 != set1:
         steps.append(BgpStep(set2))
 

@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from anycastd.actuators.ipvs import IpvsActuator
 from anycastd.actuators.loopback import LoopbackActuator
+from anycastd.actuators.policyroute import PolicyRouteActuator
 from anycastd.actuators.realserver import RealServerActuator
 from anycastd.bgp.protocol import Speaker
 from anycastd.config import Config
@@ -44,9 +45,11 @@ from anycastd.core.plan import (
     NodeStep,
     Observed,
     Plan,
+    PolicyStep,
     Step,
     plan,
 )
+from anycastd.core.policyroute import tables
 from anycastd.core.rib import routes_from_rib
 from anycastd.engine.scheduler import Clock
 from anycastd.errors import ActuatorError, PermanentError, StartupError, TransientError
@@ -118,9 +121,11 @@ class Controller:
         drain_connections: int = 0,
         withdraw_settle: float = 0.0,
         node: RealServerActuator | None = None,
+        policy: PolicyRouteActuator | None = None,
     ) -> None:
         self.config = config
         self.node = node  # the real-server role's links and sysctls (core.realserver)
+        self.policy = policy  # policy rules and routes per service (core.policyroute)
         self.loopback = loopback
         self.ipvs = ipvs
         self.speaker = speaker
@@ -188,8 +193,11 @@ class Controller:
         node = None
         if desired.node and self.node is not None:
             node = await self._in_thread(self.node.observe, desired.node)
+        policy = None
+        if self.policy is not None:
+            policy = await self._in_thread(self.policy.observe, tables(desired.policy))
         return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned,
-                        node=node)
+                        node=node, policy=policy)
 
     def desired(self) -> Desired:
         return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
@@ -319,6 +327,15 @@ class Controller:
             for na in step.actions:
                 event(log, "realserver", action=str(na))
             self._count("realserver", len(step.actions))
+        elif isinstance(step, PolicyStep):
+            if self.policy is None:  # a reload that adds the first [policy_routing]
+                raise PermanentError("policyroute", "no policy-routing actuator "
+                                     "([policy_routing] was not configured at start; restart "
+                                     "anycastd)")
+            await self._in_thread(self.policy.apply, list(step.actions))
+            for pa in step.actions:
+                event(log, "policy_routing", action=str(pa))
+            self._count("policyroute", len(step.actions))
         elif isinstance(step, LoopbackStep):
             await self._in_thread(self.loopback.apply, list(step.actions))
             for a in step.actions:

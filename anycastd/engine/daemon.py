@@ -317,6 +317,7 @@ class Daemon:
             metrics=None if world.dry_run else self.metrics,
             withdraw_settle=world.speaker.withdraw_settle,
             node=world.node,
+            policy=world.policy,
         )
         freeze_heap()
         try:

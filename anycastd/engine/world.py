@@ -19,6 +19,11 @@ from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
 from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback
+from anycastd.actuators.policyroute import (
+    MemoryPolicyRoute,
+    NetlinkPolicyRoute,
+    PolicyRouteActuator,
+)
 from anycastd.actuators.realserver import KernelRealServer, MemoryRealServer, RealServerActuator
 from anycastd.bgp.protocol import NullSpeaker, PeerState, Speaker
 from anycastd.bgp.speaker import ExabgpSpeaker
@@ -42,6 +47,8 @@ class World:
     link_events: Callable[[], LinkWatcher] | None = None
     #: the real-server role's links and sysctls (None: no service has [real_server])
     node: RealServerActuator | None = None
+    #: policy rules and routes (None: no service has [policy_routing])
+    policy: PolicyRouteActuator | None = None
 
     def close(self) -> None:
         for close in self.closers:
@@ -88,6 +95,10 @@ def _needs_real_server(config: Config) -> bool:
     return any(s.real_server is not None for s in config.services.values())
 
 
+def _needs_policy(config: Config) -> bool:
+    return any(s.policy_routing is not None for s in config.services.values())
+
+
 def _needs_ipvs(config: Config) -> bool:
     return any(s.ipvs is not None for s in config.services.values())
 
@@ -117,8 +128,12 @@ def build_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> 
     if _needs_real_server(config):
         node = KernelRealServer()
         closers.append(node.close)
+    policy: NetlinkPolicyRoute | None = None
+    if _needs_policy(config):
+        policy = NetlinkPolicyRoute()  # opened on the controller's netlink thread
+        closers.append(policy.close)
     return World(lo, ipvs, speaker, settings, closers,
-                 link_events=lambda: LinkWatcher(g.interface), node=node)
+                 link_events=lambda: LinkWatcher(g.interface), node=node, policy=policy)
 
 
 def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> World:
@@ -144,4 +159,5 @@ def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -
             {k: v for k, v in found.links.items() if v is not None},
             {k: v for k, v in found.sysctls.items() if v is not None},
         )
-    return World(lo, ipvs, NullSpeaker(), None, dry_run=True, node=node)
+    policy = MemoryPolicyRoute() if _needs_policy(config) else None
+    return World(lo, ipvs, NullSpeaker(), None, dry_run=True, node=node, policy=policy)

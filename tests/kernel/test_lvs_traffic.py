@@ -28,6 +28,7 @@ import pytest
 
 from tests.kernel import uml_modprobe
 from tests.kernel.lvs_lab import (
+    ROUTER_LAN,
     RS_ADDR,
     Lab,
     LineServer,
@@ -145,7 +146,8 @@ class Setup:
 
 
 def _backend_config(tmp: Path, role: str) -> str:
-    """anycastd's real-server role on a backend: the DR and TUN VIPs, gated on a file."""
+    """anycastd's real-server role on a backend: the DR and TUN VIPs, gated on a file, with
+    a routing table of their own for the replies."""
     parts = [f"""
         [global]
         log_format = "logfmt"
@@ -172,17 +174,13 @@ def _backend_config(tmp: Path, role: str) -> str:
         [services.{method}.real_server]
         forwarding = "{method}"
         {tunnel}
+        # replies from the VIP go straight to the router; the node's own (NAT) replies
+        # keep the default route through the director
+        [services.{method}.policy_routing]
+        table = 100
+        routes = [{{ to = "0.0.0.0/0", via = "{ROUTER_LAN}" }}]
         """)
     return textwrap.dedent("".join(parts))
-
-
-def _reply_route(lab: Lab, role: str) -> None:
-    """Replies sourced from a VIP (DR, TUN) go straight to the router; the real server's
-    own replies (NAT) keep the default route through the director."""
-    batch(lab.ns(role), [
-        "rule add from 192.0.2.0/24 lookup 100",
-        "route add default via 10.70.2.254 table 100",
-    ])
 
 
 def _start(lab: Lab, role: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -217,7 +215,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         s = Setup(the_lab, servers, tmp, tmp / "director.log")
         try:
             for role in RS_ADDR:
-                _reply_route(the_lab, role)
                 servers.listen(the_lab[role], role, "0.0.0.0", SERVICE_PORT)
                 s.open_health(role)
                 (tmp / f"{role}.ok").touch()
@@ -382,6 +379,9 @@ def test_backend_role_set_arp_and_tunnel_state(setup: Setup) -> None:
         assert _sysctl(setup, role, "net.ipv4.conf.tunl0.rp_filter") == "0"
         assert _sysctl(setup, role, "net.ipv4.conf.all.rp_filter") in ("0", "2")
         assert "UP" in _flags(setup, role, "tunl0")
+        rules = sh("ip", "-n", setup.lab.ns(role), "rule", "show")
+        for method in ("dr", "tunnel"):
+            assert f"from {METHODS[method][0]} lookup 100 proto 172" in rules
 
 
 def test_sick_backend_removes_its_vip_so_even_its_director_cannot_reach_it(setup: Setup) -> None:
