@@ -206,6 +206,8 @@ class Desired:
     services: tuple[ServiceIntent, ...] = ()
     #: what the real-server role needs on this node before its VIPs go on the interface
     node: NodeNeeds = field(default_factory=NodeNeeds)
+    #: the host addresses of the [real_server] services: added only once ``node`` holds
+    node_addresses: frozenset[HostAddress] = frozenset()
     #: per service, its policy rules and routes (core.policyroute)
     policy: tuple[ServicePolicy, ...] = ()
 
@@ -522,5 +524,9 @@ def compute(
         ),
         services=tuple(intents[s.name] for s in services),
         node=needs(config),
+        node_addresses=frozenset(
+            _host_address(n) for s in services if s.real_server is not None
+            for n in s.prefixes if _is_host(n)
+        ),
         policy=policies_from_config(config),
     )

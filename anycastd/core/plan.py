@@ -10,15 +10,16 @@ Each pass diffs :class:`~anycastd.core.desired.Desired` against :class:`Observed
 from the kernel and the speaker) and returns at most eight steps, always in this order::
 
     1. BgpStep      withdrawals and demotions (routes that stay keep what they have)
-    1b. NodeStep    what the real-server role needs (links, sysctls; core.realserver):
-                    before any address, so a backend's VIP never goes on ``lo`` while the
-                    node would still answer ARP for it
     2. LoopbackStep address adds
     2b. PolicyStep  policy routes and rules added (core.policyroute)
     3. IpvsStep     virtual services and real servers (adds, weights, deletes)
     4. LoopbackStep address removes
     4b. PolicyStep  policy rules and routes removed
     5. BgpStep      new announcements and attribute changes
+    6. NodeStep     what the real-server role needs (links, sysctls; core.realserver). A
+                    backend's VIP is added only by a pass that observed them in place
+                    (``held_back``), so it never goes on ``lo`` while the node would answer
+                    ARP for it; last, so a failure here holds back nothing else
 
 A step is one actuator's batch; a ``BgpStep`` carries the WHOLE route set the speaker should
 hold at that point (the speaker sends only the difference). Empty steps are left out, so a
@@ -97,7 +98,7 @@ from anycastd.core.desired import Desired, Guard, PrefixIntent
 from anycastd.core.ipvs import diff_ipvs
 from anycastd.core.policyroute import PolicyAction, PolicyDiff, PolicyObserved
 from anycastd.core.policyroute import diff as diff_policy
-from anycastd.core.realserver import NodeAction, NodeObserved
+from anycastd.core.realserver import NodeAction, NodeObserved, held_back
 from anycastd.core.realserver import diff as diff_node
 from anycastd.model import (
     AddAddress,
@@ -525,7 +526,8 @@ def plan(
     ipvs_actions = _capacity_first(
         diff_ipvs(specs, observed.ipvs, observed.ipvs_owned - held)
     )
-    want_addresses = _addresses(p, desired, observed.loopback)
+    want_addresses = _addresses(p, desired, observed.loopback) - held_back(
+        desired.node, desired.node_addresses, observed.node, observed.loopback)
     lo_actions = diff_addresses(want_addresses, observed.loopback)
     add_ips = {a.address.ip for a in lo_actions if isinstance(a, AddAddress)}
     # A remove that makes room for an add of the same IP (prefix length changed) goes first.
@@ -548,10 +550,6 @@ def plan(
     steps: list[Step] = []
     if set1 != before:
         steps.append(BgpStep(set1))
-    # at shutdown nothing is set up any more (and nothing of the role is ever undone)
-    node_actions = diff_node(desired.node, observed.node) if desired.node and not shutdown else ()
-    if node_actions:
-        steps.append(NodeStep(node_actions))
     if lo_first:
         steps.append(LoopbackStep(tuple(lo_first)))
     policy = _policy(p, desired, observed)
@@ -565,6 +563,11 @@ def plan(
         steps.append(PolicyStep(policy.removes))
     if set2 != set1:
         steps.append(BgpStep(set2))
+    # last, so a node that cannot be set up holds back nothing else; at shutdown nothing is
+    # set up any more (and nothing of the role is ever undone)
+    node_actions = diff_node(desired.node, observed.node) if desired.node and not shutdown else ()
+    if node_actions:
+        steps.append(NodeStep(node_actions))
 
     phases: list[tuple[str, Phase]] = []
     for prefix in sorted(intents.keys() | announced.keys()):

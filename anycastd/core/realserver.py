@@ -29,9 +29,12 @@ What the kernel needs before that address may go on ``lo`` (``needs``):
   uses max(all, device)): 1 is changed to 2 (loose), 0 and 2 are left alone.
 
 Order: the device up first (its sysctl keys exist only once the device does), then the
-sysctls; the planner runs these writes before it adds the VIP. A device that does not exist
-(its module not loaded) cannot be created here: the write fails with a message saying which
-module to load, and the VIP stays off.
+sysctls. A backend's VIP is added only by a planner pass that has *observed* all of it in
+place (:func:`held_back`); the writes themselves run last in a pass, so the next pass adds
+the VIP. A VIP already on the interface stays while drift is repaired (taking it off would
+cut the connections it serves). A device that does not exist (its module not loaded) cannot
+be created here: the write fails with a message saying which module to load, the VIP stays
+off, and nothing else the pass does is held back.
 
 Nothing is ever undone: a device taken up or a sysctl set stays when the role goes away
 (taking ``tunl0`` down or restoring ``arp_ignore`` could break what the operator runs).
@@ -39,11 +42,12 @@ Nothing is ever undone: a device taken up or a sysctl set stays when the role go
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from anycastd.config import Config
+from anycastd.model import HostAddress, LoopbackObserved
 
 __all__ = [
     "TUNNEL_DEVICES",
@@ -54,6 +58,7 @@ __all__ = [
     "SetSysctl",
     "Setting",
     "diff",
+    "held_back",
     "needs",
 ]
 
@@ -170,3 +175,16 @@ def diff(wanted: NodeNeeds, observed: NodeObserved | None) -> tuple[NodeAction, 
         SetSysctl(s.key, s.value) for s in wanted.sysctls if not s.ok(seen.sysctls.get(s.key))
     ]
     return tuple(actions)
+
+
+def held_back(
+    wanted: NodeNeeds,
+    addresses: Iterable[HostAddress],
+    node: NodeObserved | None,
+    loopback: LoopbackObserved,
+) -> frozenset[HostAddress]:
+    """The backends' VIPs (``addresses``) that may not be added now: all those not yet on
+    the interface, until the node is observed as ``wanted`` (nothing when it is)."""
+    if not wanted or (node is not None and not diff(wanted, node)):
+        return frozenset()
+    return frozenset(a for a in addresses if a not in loopback.owned)

@@ -129,14 +129,17 @@ def plan_for(cfg: Config, lo: MemoryLoopback, node: MemoryRealServer,
     return plan(ControllerState(), desired, observed, 0.0).steps
 
 
-def test_the_node_is_set_up_before_the_vip_goes_on_the_interface() -> None:
+def test_the_vip_goes_on_only_once_a_pass_has_seen_the_node_set_up() -> None:
     cfg = backend("tunnel", "ipip", head=BGP_HEAD)
     lo, node = MemoryLoopback(), MemoryRealServer.with_defaults(["tunl0"])
     ran, error = run_pass(cfg, lo, node)
     assert error is None
-    assert [type(s).__name__ for s in ran] == ["NodeStep", "LoopbackStep"]
+    assert [type(s).__name__ for s in ran] == ["NodeStep"]
+    assert not lo.observe().owned  # not in the pass that wrote the settings
     assert node.links == {"tunl0": True}
     assert node.sysctls["net.ipv4.conf.all.arp_ignore"] == "1"
+    ran, error = run_pass(cfg, lo, node)
+    assert [type(s).__name__ for s in ran] == ["LoopbackStep"]
     assert [str(a) for a in lo.observe().owned] == ["192.0.2.10/32"]
     # converged: the next pass plans nothing (no churn)
     assert plan_for(cfg, lo, node) == ()
@@ -154,9 +157,26 @@ def test_a_missing_tunnel_device_keeps_the_vip_off_and_names_the_module() -> Non
         assert [type(s).__name__ for s in ran] == ["NodeStep"]
 
 
+def test_a_backend_that_cannot_be_set_up_holds_back_no_other_service() -> None:
+    cfg = backend("tunnel", "ipip", extra="", head=f"""
+[services.dns]
+prefixes = ["198.51.100.53/32"]
+{CHECK}
+""")
+    lo, node = MemoryLoopback(), MemoryRealServer.with_defaults([])  # ipip not loaded
+    desired = compute(cfg, {"web": ServiceState.UP, "dns": ServiceState.UP})
+    observed = Observed(loopback=lo.observe(), node=node.observe(desired.node))
+    steps = plan(ControllerState(), desired, observed, 0.0).steps
+    assert [type(s).__name__ for s in steps] == ["LoopbackStep", "NodeStep"]
+    assert isinstance(steps[0], LoopbackStep)
+    lo.apply(steps[0].actions)
+    assert [str(a) for a in lo.observe().owned] == ["198.51.100.53/32"]
+
+
 def test_a_sick_backend_removes_its_vip_and_leaves_the_node_settings() -> None:
     cfg = backend("dr")
     lo, node = MemoryLoopback(), MemoryRealServer.with_defaults()
+    run_pass(cfg, lo, node)
     run_pass(cfg, lo, node)
     assert lo.observe().owned
     _ran, error = run_pass(cfg, lo, node, ServiceState.DOWN)
@@ -169,8 +189,10 @@ def test_drift_in_a_sysctl_is_repaired_by_the_next_pass() -> None:
     cfg = backend("dr")
     lo, node = MemoryLoopback(), MemoryRealServer.with_defaults()
     run_pass(cfg, lo, node)
+    run_pass(cfg, lo, node)
     node.sysctls["net.ipv4.conf.all.arp_ignore"] = "0"  # an operator, a sysctl.d reload
     steps = plan_for(cfg, lo, node)
+    # repaired; the VIP already on lo stays (taking it off would cut its connections)
     assert steps == (NodeStep((SetSysctl("net.ipv4.conf.all.arp_ignore", "1"),)),)
 
 
