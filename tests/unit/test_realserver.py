@@ -4,6 +4,11 @@ the plan the way the controller does (in order, stop at the first failure, obser
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -254,3 +259,87 @@ def test_check_config_rejects_the_tunnel_example_without_its_tunnel_type(
     err = capsys.readouterr().err
     assert f"{broken}" in err
     assert "services.web.real_server.tunnel" in err
+
+
+# --- the daemon, dry run (plans and logs; the node is not touched) ----------------------------
+
+DAEMON = """
+[global]
+log_format = "logfmt"
+state_dir = "{tmp}"
+runtime_dir = "{tmp}"
+[api]
+enabled = false
+[metrics]
+enabled = false
+[services.web]
+prefixes = ["192.0.2.10/32"]
+interval = "100ms"
+rise = 1
+[[services.web.checks]]
+type = "file"
+path = "{tmp}"
+"""
+ROLE = """
+[services.web.real_server]
+forwarding = "dr"
+[services.web.policy_routing]
+table = 100
+routes = [{ to = "0.0.0.0/0", via = "10.0.0.254" }]
+"""
+
+
+def _daemon(cfg: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "anycastd", "run", "--dry-run", "-c", str(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _until(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> list[str]:
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} not seen in:\n{''.join(seen)}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out
+
+
+def test_dry_run_backend_plans_the_node_and_its_rules_then_the_vip(tmp_path: Path) -> None:
+    cfg = tmp_path / "anycastd.toml"
+    cfg.write_text(DAEMON.format(tmp=tmp_path) + ROLE)
+    proc = _daemon(cfg)
+    text = "".join(_until(proc, 'event=loopback action="add 192.0.2.10/32"'))
+    assert 'event=realserver action="sysctl net.ipv4.conf.all.arp_ignore=1"' in text
+    assert 'event=policy_routing action="add rule 1000: from 192.0.2.10/32 lookup 100"' in text
+    assert proc.returncode is None
+    assert "Traceback" not in _stop(proc)
+
+
+def test_reload_adding_the_first_backend_service_needs_a_restart(tmp_path: Path) -> None:
+    cfg = tmp_path / "anycastd.toml"
+    cfg.write_text(DAEMON.format(tmp=tmp_path))
+    proc = _daemon(cfg)
+    _until(proc, "event=service_transition service=web old=down new=up")
+    cfg.write_text(DAEMON.format(tmp=tmp_path) + ROLE)
+    proc.send_signal(signal.SIGHUP)
+    lines = _until(proc, "event=reload_rejected")
+    assert "needs a restart" in lines[-1]
+    assert "Traceback" not in _stop(proc)
