@@ -8,11 +8,40 @@ tunnelling backend names the encapsulation its director uses. The director's own
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from anycastd.config.schema import ServiceConfig
 
 Add = Callable[[str, list[str | int], str], None]
+
+
+def check_director(add: Add, file: str, base: list[str | int], service: ServiceConfig) -> None:
+    """What ``checks.py`` cannot see for a fwmark service: DR and TUN keep the client's
+    destination port, so a real server port there would silently be ignored."""
+    ipvs = service.ipvs
+    if ipvs is None or ipvs.protocol != "fwmark":
+        return
+    for i, rs in enumerate(ipvs.real_servers):
+        if rs.forwarding in ("dr", "tunnel") and rs.port:
+            add(file, [*base, "ipvs", "real_servers", i, "port"],
+                f'forwarding = "{rs.forwarding}" cannot change the port: a fwmark service '
+                "keeps each connection's own port; remove port")
+
+
+def check_roles(add: Add, owners: Mapping[str, str], services: Mapping[str, ServiceConfig]) -> None:
+    """A VIP is this node's as a director's ([ipvs]) or as a backend's ([real_server]), never
+    both: the backend's arp_ignore would hide the director's VIP, and traffic IPVS hands to
+    this node's own address would loop."""
+    directors = {p: n for n, s in services.items() if s.ipvs is not None for p in s.prefixes}
+    for name, svc in services.items():
+        if svc.real_server is None:
+            continue
+        for i, prefix in enumerate(svc.prefixes):
+            other = directors.get(prefix)
+            if other is not None:
+                add(owners[name], ["services", name, "prefixes", i],
+                    f'{prefix} is also a VIP of the IPVS service "{other}" ({owners[other]}) '
+                    "on this node: a node is a prefix's director or its backend, not both")
 
 
 def check_real_server(add: Add, file: str, base: list[str | int], service: ServiceConfig) -> None:

@@ -232,6 +232,40 @@ tunnel = "ipip"
     assert "not both" in found["services.web.real_server"]
 
 
+def test_a_port_on_a_dr_real_server_of_a_fwmark_service_is_a_config_error() -> None:
+    found = config_issues(f"""
+[services.web]
+prefixes = ["192.0.2.10/32"]
+{CHECK}
+[services.web.ipvs]
+protocol = "fwmark"
+fwmark = 5
+real_servers = [{{ address = "10.0.0.1", forwarding = "dr", port = 8080 }},
+                {{ address = "10.0.0.2", forwarding = "nat", port = 8080 }}]
+""")
+    assert list(found) == ["services.web.ipvs.real_servers[0].port"]
+
+
+def test_a_vip_is_a_director_s_or_a_backend_s_on_one_node_not_both() -> None:
+    found = config_issues(f"""
+[services.lb]
+prefixes = ["192.0.2.10/32"]
+shared_prefixes = true
+{CHECK}
+[services.lb.ipvs]
+port = 80
+real_servers = [{{ address = "10.0.0.1", forwarding = "dr" }}]
+[services.web]
+prefixes = ["192.0.2.10/32"]
+shared_prefixes = true
+{CHECK}
+[services.web.real_server]
+forwarding = "dr"
+""")
+    assert list(found) == ["services.web.prefixes[0]"]
+    assert 'IPVS service "lb"' in found["services.web.prefixes[0]"]
+
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs" / "lvs"
 
 
