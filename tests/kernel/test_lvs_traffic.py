@@ -2,13 +2,20 @@
 
 One topology for the module (see ``lvs_lab``): a client, a router, a director running
 ``anycastd run`` with one service per forwarding method, and two real servers, each
-answering with its own name. Asserted per method: the round-robin scheduler spreads new
-connections evenly over both real servers; a real server whose check fails (its health
+answering with its own name and running ``anycastd run`` with the real-server role for the
+DR and TUN VIPs (VIP on lo, ARP sysctls, tunl0, a policy-routing table for the replies).
+Asserted per method: the round-robin scheduler spreads new connections evenly over both real
+servers (TUN: through the real servers' tunl0); a real server whose check fails (its health
 listener closes) gets weight 0 and no new connections while a connection it already has
 keeps working (drain); a service whose own check fails loses its VIP on the director and
-connections to it fail. The numbers measured on the way (connections per second, time from
-a check failing to no new connections) are printed and written to
-``$ANYCASTD_OUT/lvs-numbers.json`` (bench/README_lvs.md records them).
+connections to it fail. Then the real-server role: its kernel state, a sick backend dropping
+its VIPs (the director's connections sent there fail), drift repaired, foreign state kept.
+The numbers measured on the way (connections per second, time from a check failing to no
+new connections) are printed and written to ``$ANYCASTD_OUT/lvs-numbers.json``
+(bench/README_lvs.md records them); the daemons' logs are copied there too.
+
+Started once for the module: three daemons and ``ip -batch`` per namespace; ipip and bridge
+are loaded here (uml_modprobe), not by the guest's init.
 """
 
 from __future__ import annotations
