@@ -17,8 +17,8 @@ What each role needs (``required_sysctls``):
   and ``net.ipv4.conf.all.arp_announce=2`` (never use the VIP as ARP source). The kernel
   uses max(all, <interface>) for both, so setting ``all`` is enough. IPv6 needs nothing:
   neighbour discovery does not answer for addresses on ``lo``.
-  (Tunnel real servers additionally need a tunl0/ip6tnl0 device with relaxed rp_filter;
-  that is interface configuration, left to the operator.)
+  (On a backend, ``[services.NAME.real_server]`` sets these itself, with the tunnel device
+  and rp_filter a tunnelling backend needs: :mod:`anycastd.core.realserver`.)
 
 Namespace-aware by construction: the functions take the ``/proc/sys`` root. ``/proc/sys/net``
 shows the network namespace of the process that opens it, so a daemon inside a namespace (or

@@ -8,6 +8,12 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from anycastd.config.errors import ConfigIssue, _fmt
+from anycastd.config.lvs import (
+    check_director,
+    check_policy_routing,
+    check_real_server,
+    check_roles,
+)
 from anycastd.config.schema import (
     ApiConfig,
     BgpConfig,
@@ -128,6 +134,9 @@ class _Rules:
             )
         if service.ipvs is not None:
             self._check_ipvs(file, [*base, "ipvs"], service, _raw_at(raw, "ipvs"), raw)
+        check_real_server(self.add, file, base, service)
+        check_director(self.add, file, base, service)
+        check_policy_routing(self.add, file, base, service)
         self._check_service_bgp(file, base, service, bgp)
 
     def _check_timing(
@@ -297,6 +306,7 @@ class _Rules:
                 )
 
     def check_shared_prefixes(self, services: Mapping[str, ServiceConfig]) -> None:
+        check_roles(self.add, self.owners, services)
         claims: dict[IPv4Network | IPv6Network, list[tuple[str, int]]] = {}
         for name, service in services.items():
             for i, prefix in enumerate(dict.fromkeys(service.prefixes)):

@@ -68,6 +68,11 @@ def summarize(config: Config) -> str:
                 f"    ipvs {what} {v.scheduler}: {len(v.real_servers)} real servers ({modes}), "
                 f"min healthy {v.min_healthy}"
             )
+        if s.real_server is not None:
+            r = s.real_server
+            tunnel = f" ({r.tunnel})" if r.tunnel else ""
+            lines.append(f"    real server for a {r.forwarding}{tunnel} director: VIP on "
+                         f"{config.global_.interface}, never announced")
         if s.damping is not None:
             lines.append(
                 f"    damping: suppress {s.damping.suppress}, reuse {s.damping.reuse}, "

@@ -370,6 +370,37 @@ class IpvsConfig(_Model):
         return {**data, "real_servers": resolved}
 
 
+# --- the real-server role (issue 14; docs/lvs.md) -------------------------------------------
+
+
+class RealServerRole(_Model):
+    """This node is a backend of an LVS director for the service's prefixes (its VIPs):
+    the VIP goes on ``global.interface`` while the service is healthy, never announced,
+    with what the forwarding method needs on a backend (``anycastd.core.realserver``)."""
+
+    forwarding: Literal["dr", "tunnel"]
+    tunnel: Literal["ipip", "gre"] | None = None  # required with forwarding = "tunnel"
+
+
+class PolicyRoute(_Model):
+    """One route in a service's own routing table (``[[services.NAME.policy_routing.routes]]``)."""
+
+    to: Prefix
+    via: IPAddress | None = None
+    dev: Annotated[str, PlainValidator(_v_ifname)] | None = None
+
+
+class PolicyRouting(_Model):
+    """Traffic from the service's prefixes (and/or with ``fwmark``) uses routing table
+    ``table``, which holds ``routes``; present while the service is served (docs/lvs.md)."""
+
+    table: Annotated[int, Strict(), Field(ge=1, le=4294967295)]
+    priority: Annotated[int, Strict(), Field(ge=1, le=32765)] = 1000
+    from_prefixes: Bool = True
+    fwmark: Annotated[int, Strict(), Field(ge=1, le=4294967295)] | None = None
+    routes: Annotated[tuple[PolicyRoute, ...], Field(min_length=1)]
+
+
 class ServiceConfig(_Model):
     """One service. ``checks`` (and real-server checks) carry effective timing values."""
 
@@ -397,6 +428,8 @@ class ServiceConfig(_Model):
     bgp: ServiceBgp = ServiceBgp()
     ospf: OspfConfig | None = None
     ipvs: IpvsConfig | None = None
+    real_server: RealServerRole | None = None
+    policy_routing: PolicyRouting | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -52,6 +52,10 @@ Shared prefixes (``shared_prefixes = true`` in every owner). One prefix, several
 * shutdown: ``keep`` if any owner keeps, else ``drain-then-withdraw`` if any owner drains,
   else ``withdraw``.
 
+Real-server role (``[real_server]``, :mod:`anycastd.core.realserver`): such a service's
+prefixes are a director's VIPs; its host addresses follow its state as above, but it has
+no route (with ``[bgp]`` or without), and ``node`` lists what the kernel needs first.
+
 Inputs not given fail closed: a service missing from ``states`` is DOWN, a real server
 missing from ``real_servers_up`` is down.
 """
@@ -60,13 +64,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal, TypeAlias
 
 from anycastd.config import BgpStateAttrs, Config, IpvsConfig, ServiceConfig
 from anycastd.config import RealServer as ConfigRealServer
 from anycastd.core.health import ServiceState
+from anycastd.core.policyroute import ServicePolicy
+from anycastd.core.policyroute import from_config as policies_from_config
+from anycastd.core.realserver import NodeNeeds, needs
 from anycastd.model import Attributes, HostAddress, RealServer, Route, ServiceSpec, VirtualService
 
 __all__ = [
@@ -197,6 +204,12 @@ class Desired:
 
     prefixes: tuple[PrefixIntent, ...] = ()
     services: tuple[ServiceIntent, ...] = ()
+    #: what the real-server role needs on this node before its VIPs go on the interface
+    node: NodeNeeds = field(default_factory=NodeNeeds)
+    #: the host addresses of the [real_server] services: added only once ``node`` holds
+    node_addresses: frozenset[HostAddress] = frozenset()
+    #: per service, its policy rules and routes (core.policyroute)
+    policy: tuple[ServicePolicy, ...] = ()
 
     def prefix(self, prefix: str) -> PrefixIntent | None:
         return self._by_prefix.get(prefix)
@@ -502,8 +515,18 @@ def compute(
     ordered = sorted(by_prefix, key=lambda n: (n.version, n.network_address, n.prefixlen))
     return Desired(
         prefixes=tuple(
-            _prefix_intent(n, by_prefix[n], intents, vses, up, bgp=config.bgp is not None)
+            _prefix_intent(
+                n, by_prefix[n], intents, vses, up,
+                # a backend's VIP ([real_server]) is the director's to announce, never ours
+                bgp=config.bgp is not None and all(s.real_server is None for s in by_prefix[n]),
+            )
             for n in ordered
         ),
         services=tuple(intents[s.name] for s in services),
+        node=needs(config),
+        node_addresses=frozenset(
+            _host_address(n) for s in services if s.real_server is not None
+            for n in s.prefixes if _is_host(n)
+        ),
+        policy=policies_from_config(config),
     )

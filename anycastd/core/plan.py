@@ -7,13 +7,19 @@ time at which to plan again if nothing else happens.
 Theory of operation
 -------------------
 Each pass diffs :class:`~anycastd.core.desired.Desired` against :class:`Observed` (read back
-from the kernel and the speaker) and returns at most five steps, always in this order::
+from the kernel and the speaker) and returns at most eight steps, always in this order::
 
     1. BgpStep      withdrawals and demotions (routes that stay keep what they have)
     2. LoopbackStep address adds
+    2b. PolicyStep  policy routes and rules added (core.policyroute)
     3. IpvsStep     virtual services and real servers (adds, weights, deletes)
     4. LoopbackStep address removes
+    4b. PolicyStep  policy rules and routes removed
     5. BgpStep      new announcements and attribute changes
+    6. NodeStep     what the real-server role needs (links, sysctls; core.realserver). A
+                    backend's VIP is added only by a pass that observed them in place
+                    (``held_back``), so it never goes on ``lo`` while the node would answer
+                    ARP for it; last, so a failure here holds back nothing else
 
 A step is one actuator's batch; a ``BgpStep`` carries the WHOLE route set the speaker should
 hold at that point (the speaker sends only the difference). Empty steps are left out, so a
@@ -90,6 +96,10 @@ from typing import Literal, TypeAlias
 from anycastd.core.addresses import diff_addresses
 from anycastd.core.desired import Desired, Guard, PrefixIntent
 from anycastd.core.ipvs import diff_ipvs
+from anycastd.core.policyroute import PolicyAction, PolicyDiff, PolicyObserved
+from anycastd.core.policyroute import diff as diff_policy
+from anycastd.core.realserver import NodeAction, NodeObserved, held_back
+from anycastd.core.realserver import diff as diff_node
 from anycastd.model import (
     AddAddress,
     AddressAction,
@@ -112,9 +122,11 @@ __all__ = [
     "ControllerState",
     "IpvsStep",
     "LoopbackStep",
+    "NodeStep",
     "Observed",
     "Phase",
     "Plan",
+    "PolicyStep",
     "Step",
     "plan",
 ]
@@ -149,6 +161,20 @@ class Observed:
     ipvs: IpvsObserved = field(default_factory=IpvsObserved)
     announced: frozenset[Route] = frozenset()
     ipvs_owned: frozenset[VirtualService] = frozenset()
+    #: the real-server role's links and sysctls (None: not read)
+    node: NodeObserved | None = None
+    #: anycastd's policy rules and their tables' routes (None: not read)
+    policy: PolicyObserved | None = None
+
+
+@dataclass(frozen=True)
+class NodeStep:
+    actions: tuple[NodeAction, ...]  # the real-server role's links and sysctls
+
+
+@dataclass(frozen=True)
+class PolicyStep:
+    actions: tuple[PolicyAction, ...]  # adds, or removes (core.policyroute)
 
 
 @dataclass(frozen=True)
@@ -168,7 +194,7 @@ class BgpStep:
     routes: frozenset[Route]
 
 
-Step: TypeAlias = LoopbackStep | IpvsStep | BgpStep
+Step: TypeAlias = NodeStep | LoopbackStep | PolicyStep | IpvsStep | BgpStep
 
 
 @dataclass(frozen=True)
@@ -403,6 +429,16 @@ def _addresses(p: _Pass, desired: Desired, observed: LoopbackObserved) -> set[Ho
     return want
 
 
+def _policy(p: _Pass, desired: Desired, observed: Observed) -> PolicyDiff:
+    """A service's policy rules and routes stay while it is active: a prefix of it wanted,
+    still announced (drain) or kept."""
+    if not desired.policy and observed.policy is None:
+        return PolicyDiff()
+    held = p.targets.keys() | p.bgp1.keys() | p.kept
+    active = {s.name for s in desired.services if any(x in held for x in s.prefixes)}
+    return diff_policy(desired.policy, active, observed.policy or PolicyObserved())
+
+
 def _union(routes: Iterable[frozenset[Route]]) -> frozenset[Route]:
     out: set[Route] = set()
     for group in routes:
@@ -490,7 +526,8 @@ def plan(
     ipvs_actions = _capacity_first(
         diff_ipvs(specs, observed.ipvs, observed.ipvs_owned - held)
     )
-    want_addresses = _addresses(p, desired, observed.loopback)
+    want_addresses = _addresses(p, desired, observed.loopback) - held_back(
+        desired.node, desired.node_addresses, observed.node, observed.loopback)
     lo_actions = diff_addresses(want_addresses, observed.loopback)
     add_ips = {a.address.ip for a in lo_actions if isinstance(a, AddAddress)}
     # A remove that makes room for an add of the same IP (prefix length changed) goes first.
@@ -515,12 +552,22 @@ def plan(
         steps.append(BgpStep(set1))
     if lo_first:
         steps.append(LoopbackStep(tuple(lo_first)))
+    policy = _policy(p, desired, observed)
+    if policy.adds:
+        steps.append(PolicyStep(policy.adds))
     if ipvs_actions:
         steps.append(IpvsStep(tuple(ipvs_actions)))
     if lo_last:
         steps.append(LoopbackStep(tuple(lo_last)))
+    if policy.removes:
+        steps.append(PolicyStep(policy.removes))
     if set2 != set1:
         steps.append(BgpStep(set2))
+    # last, so a node that cannot be set up holds back nothing else; at shutdown nothing is
+    # set up any more (and nothing of the role is ever undone)
+    node_actions = diff_node(desired.node, observed.node) if desired.node and not shutdown else ()
+    if node_actions:
+        steps.append(NodeStep(node_actions))
 
     phases: list[tuple[str, Phase]] = []
     for prefix in sorted(intents.keys() | announced.keys()):

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 from anycastd.actuators.ipvs import IpvsActuator
 from anycastd.actuators.loopback import LoopbackActuator
+from anycastd.actuators.policyroute import PolicyRouteActuator
+from anycastd.actuators.realserver import RealServerActuator
 from anycastd.bgp.protocol import Speaker
 from anycastd.config import Config
 from anycastd.core.desired import Desired, RealServerKey, compute
@@ -41,11 +43,14 @@ from anycastd.core.plan import (
     ControllerState,
     IpvsStep,
     LoopbackStep,
+    NodeStep,
     Observed,
     Plan,
+    PolicyStep,
     Step,
     plan,
 )
+from anycastd.core.policyroute import tables
 from anycastd.core.rib import routes_from_rib
 from anycastd.engine.causes import CauseBook, Owners, service_field
 from anycastd.engine.exports import pass_samples
@@ -120,8 +125,12 @@ class Controller:
         drain_connections: int = 0,
         withdraw_settle: float = 0.0,
         causes: CauseBook | None = None,
+        node: RealServerActuator | None = None,
+        policy: PolicyRouteActuator | None = None,
     ) -> None:
         self.config = config
+        self.node = node  # the real-server role's links and sysctls (core.realserver)
+        self.policy = policy  # policy rules and routes per service (core.policyroute)
         self.loopback = loopback
         self.ipvs = ipvs
         self.speaker = speaker
@@ -192,7 +201,14 @@ class Controller:
             raise TransientError("exabgp", "the announced routes have not been read back yet")
         else:
             announced = routes_from_rib(self.speaker.sent, self.bgp_settings, self._hints)
-        return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned)
+        node = None
+        if desired.node and self.node is not None:
+            node = await self._in_thread(self.node.observe, desired.node)
+        policy = None
+        if self.policy is not None:
+            policy = await self._in_thread(self.policy.observe, tables(desired.policy))
+        return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned,
+                        node=node, policy=policy)
 
     def desired(self) -> Desired:
         return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
@@ -329,7 +345,24 @@ class Controller:
             self._last_routes = self._held = step.routes
             self._count("exabgp", 1)
             return bool(withdrawn)
-        if isinstance(step, LoopbackStep):
+        if isinstance(step, NodeStep):
+            if self.node is None:  # a reload that adds the first [real_server] is refused
+                raise PermanentError("realserver", "no real-server actuator ([real_server] "
+                                     "was not configured at start; restart anycastd)")
+            await self._in_thread(self.node.apply, list(step.actions))
+            for na in step.actions:
+                event(log, "realserver", action=str(na))
+            self._count("realserver", len(step.actions))
+        elif isinstance(step, PolicyStep):
+            if self.policy is None:  # a reload that adds the first [policy_routing]
+                raise PermanentError("policyroute", "no policy-routing actuator "
+                                     "([policy_routing] was not configured at start; restart "
+                                     "anycastd)")
+            await self._in_thread(self.policy.apply, list(step.actions))
+            for pa in step.actions:
+                event(log, "policy_routing", action=str(pa))
+            self._count("policyroute", len(step.actions))
+        elif isinstance(step, LoopbackStep):
             await self._in_thread(self.loopback.apply, list(step.actions))
             for a in step.actions:
                 drift = "address missing" if isinstance(a, AddAddress) else "address not wanted"

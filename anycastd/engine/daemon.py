@@ -376,6 +376,8 @@ class Daemon:
             metrics=None if world.dry_run else self.metrics,
             withdraw_settle=world.speaker.withdraw_settle,
             causes=self.causes,
+            node=world.node,
+            policy=world.policy,
         )
         freeze_heap()
         try:

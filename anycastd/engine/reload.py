@@ -154,6 +154,14 @@ async def reload(daemon: Daemon) -> None:
         _reject(daemon, path, 1, "adding or removing [bgp], the first [ipvs] service, or "
                 "changing global.interface needs a restart")
         return
+    # the real-server and policy-routing actuators exist only if configured at start
+    if (any(s.real_server is not None for s in new.services.values())
+            and (world is None or world.node is None)) or (
+            any(s.policy_routing is not None for s in new.services.values())
+            and (world is None or world.policy is None)):
+        _reject(daemon, path, 1, "the first [real_server] or [policy_routing] service needs "
+                "a restart")
+        return
     # a world without BGP settings (no [bgp], or a dry run: NullSpeaker) has none to update
     if world is not None and world.bgp_settings is not None and new.bgp:
         settings = bgp_settings(new.bgp)

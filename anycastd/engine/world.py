@@ -19,9 +19,17 @@ from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
 from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback
+from anycastd.actuators.policyroute import (
+    MemoryPolicyRoute,
+    NetlinkPolicyRoute,
+    PolicyRouteActuator,
+)
+from anycastd.actuators.realserver import KernelRealServer, MemoryRealServer, RealServerActuator
 from anycastd.bgp.protocol import NullSpeaker, PeerState, Speaker
 from anycastd.bgp.speaker import ExabgpSpeaker
 from anycastd.config import BgpConfig, Config
+from anycastd.core.realserver import NodeObserved
+from anycastd.core.realserver import needs as real_server_needs
 from anycastd.errors import ActuatorError, PermanentError, StartupError
 from anycastd.model import BgpSettings, Neighbor
 
@@ -37,6 +45,10 @@ class World:
     #: opens a watcher of the interface's address and link events (None: no kernel to
     #: watch, e.g. a dry run); a factory, so a watcher whose socket failed can be replaced
     link_events: Callable[[], LinkWatcher] | None = None
+    #: the real-server role's links and sysctls (None: no service has [real_server])
+    node: RealServerActuator | None = None
+    #: policy rules and routes (None: no service has [policy_routing])
+    policy: PolicyRouteActuator | None = None
 
     def close(self) -> None:
         for close in self.closers:
@@ -79,6 +91,14 @@ def bgp_settings(bgp: BgpConfig) -> BgpSettings:
     )
 
 
+def _needs_real_server(config: Config) -> bool:
+    return any(s.real_server is not None for s in config.services.values())
+
+
+def _needs_policy(config: Config) -> bool:
+    return any(s.policy_routing is not None for s in config.services.values())
+
+
 def _needs_ipvs(config: Config) -> bool:
     return any(s.ipvs is not None for s in config.services.values())
 
@@ -104,8 +124,16 @@ def build_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> 
         speaker = ExabgpSpeaker(settings, Path(g.runtime_dir), on_peer_change=on_peer_change)
     else:
         speaker = NullSpeaker()
+    node: KernelRealServer | None = None
+    if _needs_real_server(config):
+        node = KernelRealServer()
+        closers.append(node.close)
+    policy: NetlinkPolicyRoute | None = None
+    if _needs_policy(config):
+        policy = NetlinkPolicyRoute()  # opened on the controller's netlink thread
+        closers.append(policy.close)
     return World(lo, ipvs, speaker, settings, closers,
-                 link_events=lambda: LinkWatcher(g.interface))
+                 link_events=lambda: LinkWatcher(g.interface), node=node, policy=policy)
 
 
 def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> World:
@@ -118,4 +146,18 @@ def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -
         seen = None  # no such interface or no netlink: start from an empty one
     lo = MemoryLoopback(config.global_.interface, seen.addresses if seen else ())
     ipvs = MemoryIpvs() if _needs_ipvs(config) else None
-    return World(lo, ipvs, NullSpeaker(), None, dry_run=True)
+    node = None
+    if _needs_real_server(config):  # read once, like the interface; then in memory only
+        kernel = KernelRealServer()
+        try:
+            found = kernel.observe(real_server_needs(config))
+        except ActuatorError:
+            found = NodeObserved()
+        finally:
+            kernel.close()
+        node = MemoryRealServer(
+            {k: v for k, v in found.links.items() if v is not None},
+            {k: v for k, v in found.sysctls.items() if v is not None},
+        )
+    policy = MemoryPolicyRoute() if _needs_policy(config) else None
+    return World(lo, ipvs, NullSpeaker(), None, dry_run=True, node=node, policy=policy)
