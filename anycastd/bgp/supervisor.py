@@ -1,8 +1,9 @@
 """The managed ExaBGP process: its config checked, the process run, restarted, its log read.
 
 Rule: the only code that starts ExaBGP (managed mode; in external mode the operator runs it).
-ExaBGP is a child that dies with anycastd (fail closed: PR_SET_PDEATHSIG), is restarted with
-exponential backoff (reset after a stable run), and its output becomes structured log records.
+ExaBGP is a child that dies with anycastd (fail closed: PR_SET_PDEATHSIG), is restarted at
+once after its first exit and with exponential backoff after each further exit (reset after
+a stable run, :func:`restart_delay`), and its output becomes structured log records.
 The API side (routes, read-back, the relay socket) is :mod:`anycastd.bgp.speaker`.
 """
 
@@ -17,8 +18,6 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from anycastd.bgp.client import ACTUATOR
 from anycastd.children import pdeathsig
@@ -65,12 +64,19 @@ def exabgp_env(
     return env
 
 
-class _ExabgpExited(Exception):
-    pass
+def restart_delay(failures: int, backoff: tuple[float, float]) -> float:
+    """Seconds to wait before starting ExaBGP again after ``failures`` exits in a row (each
+    within ``_STABLE_RUN`` of its start; a stable run resets the count to 1).
 
-
-class _StableRunEnded(Exception):
-    pass
+    The first exit restarts at once: every moment without ExaBGP is a moment the peers have
+    none of our routes, and one death (OOM kill, an operator's kill) says nothing about the
+    next run. Only a second exit in a row backs off, ``low`` doubling up to ``high``, so a
+    crash loop costs little CPU (issue 9: ExaBGP death -> routes back, measured in
+    bench/README_startup.md)."""
+    low, high = backoff
+    if failures <= 1:
+        return 0.0
+    return float(min(high, low * 2 ** (failures - 2)))
 
 
 class ExabgpSupervisor:
@@ -140,22 +146,18 @@ class ExabgpSupervisor:
                 os.kill(self.exabgp_pid, signal.SIGUSR1)
 
     async def run(self) -> None:
-        """Run ExaBGP until cancelled: restarted with backoff whenever it exits."""
-        low, high = self.restart_backoff
+        """Run ExaBGP until cancelled: restarted whenever it exits (:func:`restart_delay`)."""
+        failures = 0
         while True:
-            retrying = AsyncRetrying(
-                wait=wait_exponential(multiplier=low, min=low, max=high),
-                retry=retry_if_exception_type(_ExabgpExited),
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._run_exabgp_once()
-            except _StableRunEnded:
-                continue
+            ran = await self._run_exabgp_once()
+            failures = 1 if ran >= _STABLE_RUN else failures + 1
+            delay = restart_delay(failures, self.restart_backoff)
+            if delay > 0:
+                log.info("exabgp_restart_backoff", extra={"delay_seconds": delay})
+                await asyncio.sleep(delay)
 
-    async def _run_exabgp_once(self) -> None:
+    async def _run_exabgp_once(self) -> float:
+        """Start ExaBGP and wait for its exit; the seconds it ran (0: it did not start)."""
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -170,7 +172,7 @@ class ExabgpSupervisor:
             )
         except OSError as exc:  # replaced during an upgrade, EAGAIN...: try again later
             log.error("exabgp_start_failed", extra={"error": str(exc)})  # noqa: TRY400
-            raise _ExabgpExited from exc
+            return 0.0
         self.exabgp_pid = proc.pid
         self.exabgp_starts += 1
         log.info("exabgp_started", extra={"exabgp_pid": proc.pid})
@@ -194,9 +196,7 @@ class ExabgpSupervisor:
             self.on_exit()
         ran = time.monotonic() - started
         log.warning("exabgp_exited", extra={"exabgp_rc": rc, "ran_seconds": ran})
-        if ran >= _STABLE_RUN:
-            raise _StableRunEnded
-        raise _ExabgpExited
+        return ran
 
 
 def log_exabgp_line(raw: bytes, pid: int) -> None:
