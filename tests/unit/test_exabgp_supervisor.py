@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import stat
+import sys
+from pathlib import Path
+
 import pytest
 
-from anycastd.bgp.supervisor import restart_delay
+from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.bgp.supervisor import ExabgpSupervisor, restart_delay
+from anycastd.errors import PermanentError
+from anycastd.model import BgpSettings, Neighbor
 
 
 @pytest.mark.parametrize(
@@ -23,3 +31,27 @@ def test_the_first_exit_restarts_at_once_and_a_crash_loop_backs_off(
     failures: int, delay: float
 ) -> None:
     assert restart_delay(failures, (0.5, 30.0)) == delay
+
+
+async def test_a_config_exabgp_rejects_at_start_ends_run_with_its_message(
+    tmp_path: Path,
+) -> None:
+    """No `exabgp validate` runs before the start; a config the first ExaBGP rejects is still
+    a start-up error that carries ExaBGP's own message (no restart loop)."""
+    exabgp = str(Path(sys.executable).parent / "exabgp")
+    bad = BgpSettings(router_id="192.0.2.1", local_as=65001, exabgp=exabgp,
+                      neighbors=(Neighbor("10.0.0.1", 65000, "10.0.0.2", hold_time=1),))
+    speaker = ExabgpSpeaker(bad, tmp_path, relay_argv=["/bin/cat"])
+    async with asyncio.timeout(30):
+        with pytest.raises(PermanentError, match="holdtime must be zero or at least 3"):
+            await speaker.run()
+    assert speaker.exabgp_starts == 1
+    assert stat.S_IMODE(speaker.config_path.stat().st_mode) == 0o600  # md5 passwords
+
+
+def test_install_writes_the_live_config_private(tmp_path: Path) -> None:
+    supervisor = ExabgpSupervisor("exabgp", tmp_path / "run" / "exabgp.conf")
+    supervisor.install("# text\n")
+    assert supervisor.config_path.read_text() == "# text\n"
+    assert stat.S_IMODE(supervisor.config_path.stat().st_mode) == 0o600
+    assert not supervisor.config_path.with_suffix(".new").exists()
