@@ -133,6 +133,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefixes", type=int, default=PREFIXES)
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds after all prefixes arrived before ExaBGP is killed")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print anycastd's log events (ms after spawn) of each round")
     parser.add_argument("--out", type=Path, default=None, help="also write JSON here")
     args = parser.parse_args()
     wanted = prefixes(args.prefixes)
@@ -199,6 +203,12 @@ def main() -> None:
             daemon = topo.anycastd(conf)
             est, t_all = wait_all(t_start, "anycastd")
             lines = daemon.lines()
+            if args.timeline:
+                for ln in lines:
+                    if ln.t and ln.event not in ("loopback", "bgp_announce"):
+                        print(f"    {(ln.t - t_start) * 1000:7.1f} ms  {ln.event}")
+                print(f"    {(est - t_start) * 1000:7.1f} ms  (bgpd) Established")
+                print(f"    {(t_all - t_start) * 1000:7.1f} ms  (bgpd) all received")
             rows["start_all"].append(t_all - t_start)
             rows["est_all"].append(t_all - est)
             for key, name in (("to_started", "started"),
@@ -214,11 +224,18 @@ def main() -> None:
                   f"{rows['to_exabgp_started'][-1] * 1000:.0f} ms)", flush=True)
             # recovery: the managed ExaBGP SIGKILLed -> the routes back at the peer
             pid = exabgp_pid(daemon.pid)
-            time.sleep(0.5)
+            time.sleep(args.settle)  # steady state: ExaBGP's warm standby is prepared by now
             t0 = time.time()
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: pfx_rcd(frr, EDGE_IP) >= args.prefixes, timeout=60, interval=0.02)
-            _est2, seen = all_logged(t0)
+            est2, seen = all_logged(t0)
+            if args.timeline:
+                for ln in daemon.lines():
+                    if ln.t >= t0 - 0.01 and ln.event not in ("loopback", "bgp_announce"):
+                        print(f"    {(ln.t - t0) * 1000:7.1f} ms  {ln.event}")
+                if est2 is not None:
+                    print(f"    {(est2 - t0) * 1000:7.1f} ms  (bgpd) Established")
+                print(f"    {(min(seen.values()) - t0) * 1000:7.1f} ms  (bgpd) first received")
             rows["kill_first"].append(min(seen.values()) - t0)
             rows["kill_all"].append(max(seen.values()) - t0)
             print(f"  ExaBGP SIGKILL -> first back {rows['kill_first'][-1] * 1000:7.1f} ms, "

@@ -141,6 +141,11 @@ class ExabgpSpeaker:
         return self._supervisor.exabgp_starts
 
     @property
+    def exabgp_standby(self) -> tuple[int | None, int]:
+        """Managed mode: (the warm standby ExaBGP's pid or None, starts that used one)."""
+        return self._supervisor.standby_pid, self._supervisor.standby_starts
+
+    @property
     def ever_synced(self) -> bool:
         """``sent`` has been read back at least once since the speaker started."""
         return self._ever_synced
