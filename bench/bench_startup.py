@@ -133,6 +133,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefixes", type=int, default=PREFIXES)
+    parser.add_argument("--compare", type=Path, default=None, metavar="DIR",
+                        help="also run, in every round, the anycastd found in DIR (a checkout "
+                        "of another version, e.g. `git archive REV anycastd | tar -x -C DIR`) "
+                        "through PYTHONPATH")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds after all prefixes arrived before ExaBGP is killed")
     parser.add_argument("--timeline", action="store_true",
@@ -193,14 +197,24 @@ def main() -> None:
                      timeout=30, interval=0.05)
             time.sleep(1.0)  # let bgpd settle (its connect timer is 1 s)
 
-        def run_anycastd(rows: dict[str, list[float]]) -> None:
+        def run_anycastd(rows: dict[str, list[float]], pythonpath: str | None = None) -> None:
             for d in ("state", "run"):
                 shutil.rmtree(work / d, ignore_errors=True)
             # a cold start: none of the addresses on lo (the previous stop removed them)
             left = lo_addresses(topo.edge) & {p.split("/")[0] for p in wanted}
             assert not left, f"{len(left)} addresses left on lo"
             t_start = time.time()
-            daemon = topo.anycastd(conf)
+            saved = os.environ.get("PYTHONPATH")
+            if pythonpath is not None:  # --compare: another checkout's anycastd (and relay)
+                os.environ["PYTHONPATH"] = pythonpath
+            try:
+                daemon = topo.anycastd(conf)
+            finally:
+                if pythonpath is not None:
+                    if saved is None:
+                        del os.environ["PYTHONPATH"]
+                    else:
+                        os.environ["PYTHONPATH"] = saved
             est, t_all = wait_all(t_start, "anycastd")
             lines = daemon.lines()
             if args.timeline:
@@ -217,7 +231,8 @@ def main() -> None:
                 t = log_ts(lines, name)
                 if t is not None:
                     rows[key].append(t - t_start)
-            print(f"  anycastd  start->all {rows['start_all'][-1] * 1000:7.1f} ms  "
+            who = "compare " if pythonpath else "anycastd"
+            print(f"  {who}  start->all {rows['start_all'][-1] * 1000:7.1f} ms  "
                   f"est->all {rows['est_all'][-1] * 1000:7.1f} ms  "
                   f"(started {rows['to_started'][-1] * 1000:.0f}, controller "
                   f"{rows['to_controller'][-1] * 1000:.0f}, exabgp "
@@ -263,15 +278,19 @@ def main() -> None:
                   f"est->all {rows['est_all'][-1] * 1000:7.1f} ms", flush=True)
             session_gone()
 
-        a: dict[str, list[float]] = {k: [] for k in (
-            "start_all", "est_all", "to_started", "to_controller", "to_exabgp_started",
-            "kill_first", "kill_all")}
+        keys = ("start_all", "est_all", "to_started", "to_controller", "to_exabgp_started",
+                "kill_first", "kill_all")
+        a: dict[str, list[float]] = {k: [] for k in keys}
         b: dict[str, list[float]] = {"start_all": [], "est_all": []}
+        c: dict[str, list[float]] = {k: [] for k in keys}
+        runs: list[Any] = [lambda: run_anycastd(a), lambda: run_bare(b)]
+        if args.compare is not None:
+            runs.append(lambda: run_anycastd(c, str(args.compare)))
         for i in range(args.rounds):
             print(f"round {i + 1}/{args.rounds}", flush=True)
-            order = (run_anycastd, run_bare) if i % 2 == 0 else (run_bare, run_anycastd)
-            for fn in order:
-                fn(a if fn is run_anycastd else b)
+            shift = i % len(runs)  # who goes first rotates
+            for run in runs[shift:] + runs[:shift]:
+                run()
         listener.kill()
         listener.wait()
 
@@ -293,6 +312,18 @@ def main() -> None:
             "anycastd": {k: [round(x * 1000, 1) for x in v] for k, v in a.items()},
             "bare_exabgp": {k: [round(x * 1000, 1) for x in v] for k, v in b.items()},
         }
+        if args.compare is not None:
+            print(f"--compare {args.compare}:")
+            results["compare"] = {
+                "pythonpath": str(args.compare),
+                "summary": {k: summary(f"compare {k}", v) for k, v in c.items() if v},
+                "ratio_of_medians": {
+                    k: statistics.median(c[k]) / statistics.median(b[k])
+                    for k in ("start_all", "est_all")},
+                "raw_ms": {k: [round(x * 1000, 1) for x in v] for k, v in c.items()},
+            }
+            for k, ratio in results["compare"]["ratio_of_medians"].items():
+                print(f"compare: ratio of medians {k}: {ratio:.2f}x")
         results["loadavg_after"] = os.getloadavg()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from anycastd.bgp.speaker import ExabgpSpeaker
-from anycastd.bgp.supervisor import ExabgpSupervisor, restart_delay
+from anycastd.bgp.supervisor import ExabgpSupervisor, restart_delay, standby_interpreter
 from anycastd.errors import PermanentError
 from anycastd.model import BgpSettings, Neighbor
 
@@ -55,3 +55,18 @@ def test_install_writes_the_live_config_private(tmp_path: Path) -> None:
     assert supervisor.config_path.read_text() == "# text\n"
     assert stat.S_IMODE(supervisor.config_path.stat().st_mode) == 0o600
     assert not supervisor.config_path.with_suffix(".new").exists()
+
+
+def test_the_standby_runs_under_the_interpreter_of_exabgps_console_script(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "exabgp"
+    script.write_text(f"#!{sys.executable}\nimport sys\n"
+                      "from exabgp.application.main import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    assert standby_interpreter(str(script)) == sys.executable
+    wrapper = tmp_path / "exabgp-wrapper"
+    wrapper.write_text("#!/bin/sh\nexec /usr/bin/exabgp \"$@\"\n")
+    wrapper.chmod(0o755)
+    assert standby_interpreter(str(wrapper)) is None  # anything else: cold restarts only
+    assert standby_interpreter(str(tmp_path / "missing")) is None
