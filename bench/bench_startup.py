@@ -27,9 +27,13 @@ Reported per side: start -> all (t_all - t_start) and Established -> all (t_all 
 the ratio A/B of the medians. anycastd also reports, from its own log (logfmt ``ts``): spawn
 -> ``started``, spawn -> ``controller_started``, spawn -> ``exabgp_started``.
 
-Recovery (A only, once per round, after the start-up has been measured): the managed
-ExaBGP is SIGKILLed (t0 = just before the kill) -> the first and the last of the 1,000
-prefixes received again by bgpd (after the session came back up).
+Recovery (A only, once per round, ``--settle`` seconds after the start-up was measured, so
+the steady state's warm standby ExaBGP is there): the managed ExaBGP is SIGKILLed (t0 = just
+before the kill) -> the first and the last of the prefixes received again by bgpd.
+
+``--compare DIR`` adds, in every round, the anycastd found in DIR (another version, e.g.
+``git archive REV anycastd | tar -x -C DIR``) run through PYTHONPATH: before and after under
+the same load. ``--prefixes 1`` measures a one-route node.
 """
 
 from __future__ import annotations
@@ -225,6 +229,9 @@ def main() -> None:
                 print(f"    {(t_all - t_start) * 1000:7.1f} ms  (bgpd) all received")
             rows["start_all"].append(t_all - t_start)
             rows["est_all"].append(t_all - est)
+            t_started = log_ts(lines, "started")
+            if t_started is not None:  # what follows the imports (less load noise)
+                rows["started_all"].append(t_all - t_started)
             for key, name in (("to_started", "started"),
                               ("to_controller", "controller_started"),
                               ("to_exabgp_started", "exabgp_started")):
@@ -278,8 +285,8 @@ def main() -> None:
                   f"est->all {rows['est_all'][-1] * 1000:7.1f} ms", flush=True)
             session_gone()
 
-        keys = ("start_all", "est_all", "to_started", "to_controller", "to_exabgp_started",
-                "kill_first", "kill_all")
+        keys = ("start_all", "est_all", "started_all", "to_started", "to_controller",
+                "to_exabgp_started", "kill_first", "kill_all")
         a: dict[str, list[float]] = {k: [] for k in keys}
         b: dict[str, list[float]] = {"start_all": [], "est_all": []}
         c: dict[str, list[float]] = {k: [] for k in keys}
