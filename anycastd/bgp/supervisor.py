@@ -49,16 +49,18 @@ VERIFY_WINDOW = 10.0
 STANDBY_DELAY = 2.0
 
 #: The standby: import ExaBGP ahead of need, wait for ``go``, then be ``exabgp CONFIG``.
-#: stdin EOF (anycastd closed it, or died) ends it without starting anything.
+#: stdin EOF (anycastd closed it, or died) ends it without starting anything. ``sys.argv``
+#: is ExaBGP's own before the import: ExaBGP derives its root (and so its env file,
+#: ``ROOT/etc/exabgp/exabgp.env``) from ``sys.argv[0]`` at import time.
 _STANDBY = """\
 import os, sys
+sys.argv = sys.argv[1:]
 from exabgp.application.main import main
 if sys.stdin.readline() != "go\\n":
     os._exit(0)
 fd = os.open(os.devnull, os.O_RDONLY)
 os.dup2(fd, 0)
 os.close(fd)
-sys.argv = sys.argv[1:]
 sys.exit(main())
 """
 

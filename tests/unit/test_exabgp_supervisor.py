@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from anycastd.bgp.speaker import ExabgpSpeaker
-from anycastd.bgp.supervisor import ExabgpSupervisor, restart_delay, standby_interpreter
+from anycastd.bgp.supervisor import (
+    _STANDBY,
+    ExabgpSupervisor,
+    restart_delay,
+    standby_interpreter,
+)
 from anycastd.errors import PermanentError
 from anycastd.model import BgpSettings, Neighbor
 
@@ -70,3 +77,26 @@ def test_the_standby_runs_under_the_interpreter_of_exabgps_console_script(
     wrapper.chmod(0o755)
     assert standby_interpreter(str(wrapper)) is None  # anything else: cold restarts only
     assert standby_interpreter(str(tmp_path / "missing")) is None
+
+
+def test_a_warm_exabgp_reads_the_same_env_file_as_a_cold_one(tmp_path: Path) -> None:
+    """ExaBGP finds its env file from ``sys.argv[0]`` at import time: the standby must look
+    like ``exabgp`` itself by then, or a warm restart would drop an operator's settings."""
+    real = Path(sys.executable).parent / "exabgp"
+    script = tmp_path / "bin" / "exabgp"
+    script.parent.mkdir()
+    script.write_text(real.read_text())
+    script.chmod(0o755)
+    envfile = tmp_path / "etc" / "exabgp" / "exabgp.env"
+    envfile.parent.mkdir(parents=True)
+    envfile.write_text("[exabgp.tcp]\nport = 1790\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.lower().startswith("exabgp") and k != "PYTHONPATH"}
+    cold = subprocess.run([str(script), "env"], capture_output=True, text=True, env=env,
+                          timeout=60, check=True)
+    interpreter = standby_interpreter(str(script))
+    assert interpreter is not None
+    warm = subprocess.run([interpreter, "-c", _STANDBY, str(script), "env"], input="go\n",
+                          capture_output=True, text=True, env=env, timeout=60, check=True)
+    assert "port = 1790" in cold.stdout
+    assert "port = 1790" in warm.stdout
