@@ -141,6 +141,11 @@ class ExabgpSpeaker:
         return self._supervisor.exabgp_starts
 
     @property
+    def exabgp_standby(self) -> tuple[int | None, int]:
+        """Managed mode: (the warm standby ExaBGP's pid or None, starts that used one)."""
+        return self._supervisor.standby_pid, self._supervisor.standby_starts
+
+    @property
     def ever_synced(self) -> bool:
         """``sent`` has been read back at least once since the speaker started."""
         return self._ever_synced
@@ -242,11 +247,15 @@ class ExabgpSpeaker:
 
     async def run(self) -> None:
         """Serve the relay socket (and in managed mode run ExaBGP) until cancelled."""
+        text: str | None = None
         if self.settings.mode == "managed":
             if shutil.which(self.settings.exabgp) is None:
                 raise PermanentError(ACTUATOR, f"exabgp executable {self.settings.exabgp!r} "
                                      "not found")
-            await self.validate()
+            # no `exabgp validate` before the start: ExaBGP's own parse checks the file and
+            # the supervisor explains a rejection (``verify``), raised from here
+            text = render_config(self.settings, self.relay_argv, str(self.socket_path))
+            self._supervisor.install(text)
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
@@ -255,8 +264,11 @@ class ExabgpSpeaker:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._resync_loop())
-                if self.settings.mode == "managed":
-                    tg.create_task(self._guarded("supervise", self._supervisor.run))
+                if text is not None:
+                    tg.create_task(self._guarded(
+                        "supervise", lambda: self._supervisor.run(verify=text)))
+        except* PermanentError as group:  # ExaBGP rejected its config at start
+            raise group.exceptions[0] from None
         finally:
             server.close()
             if self._conn is not None:
@@ -361,6 +373,8 @@ class ExabgpSpeaker:
         through it)."""
         try:
             await body()
+        except PermanentError:
+            raise  # the first ExaBGP rejected its config: a start-up error (``run``)
         except Exception as exc:  # see the docstring
             self._fatal(name, exc)
         await asyncio.Event().wait()  # until cancelled: the other loops and the socket go on

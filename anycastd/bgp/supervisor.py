@@ -1,8 +1,18 @@
 """The managed ExaBGP process: its config checked, the process run, restarted, its log read.
 
 Rule: the only code that starts ExaBGP (managed mode; in external mode the operator runs it).
-ExaBGP is a child that dies with anycastd (fail closed: PR_SET_PDEATHSIG), is restarted with
-exponential backoff (reset after a stable run), and its output becomes structured log records.
+ExaBGP is a child that dies with anycastd (fail closed: PR_SET_PDEATHSIG), is restarted at
+once after its first exit and with exponential backoff after each further exit (reset after
+a stable run, :func:`restart_delay`), and its output becomes structured log records.
+
+Warm standby: most of an ExaBGP start is Python importing ExaBGP (~0.3 s of the ~0.35 s
+before it connects, bench/README_startup.md). Once ExaBGP has run for
+:data:`STANDBY_DELAY`, a standby process is prepared: the same interpreter, ExaBGP's modules
+imported, blocked reading one line on its stdin -- no config read, no socket, no session.
+When the running ExaBGP exits, the standby is told ``go`` and runs ExaBGP's ``main`` on the
+config as it is then; a new standby follows. It dies with anycastd like ExaBGP itself. Used
+only when ``exabgp`` is a Python console script (its shebang names the interpreter);
+otherwise every restart is a cold start.
 The API side (routes, read-back, the relay socket) is :mod:`anycastd.bgp.speaker`.
 """
 
@@ -13,12 +23,11 @@ import contextlib
 import logging
 import os
 import pwd
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from anycastd.bgp.client import ACTUATOR
 from anycastd.children import pdeathsig
@@ -31,6 +40,49 @@ exabgp_log = logging.getLogger("anycastd.exabgp")
 _STABLE_RUN = 60.0
 #: ``exabgp validate`` parses one small file; minutes mean it hangs.
 VALIDATE_TIMEOUT = 30.0
+#: A first ExaBGP that exits with an error this soon after its start is checked with
+#: ``exabgp validate``: a config ExaBGP rejects is a start-up error (ExaBGP exits rc 1 within
+#: ~0.2 s of parsing it), not something to restart forever.
+VERIFY_WINDOW = 10.0
+#: How long an ExaBGP runs before its standby is prepared (the standby's imports then do not
+#: compete for CPU with a start-up).
+STANDBY_DELAY = 2.0
+
+#: The standby: import ExaBGP ahead of need, wait for ``go``, then be ``exabgp CONFIG``.
+#: stdin EOF (anycastd closed it, or died) ends it without starting anything. ``sys.argv``
+#: is ExaBGP's own before the import: ExaBGP derives its root (and so its env file,
+#: ``ROOT/etc/exabgp/exabgp.env``) from ``sys.argv[0]`` at import time.
+_STANDBY = """\
+import os, sys
+sys.argv = sys.argv[1:]
+from exabgp.application.main import main
+if sys.stdin.readline() != "go\\n":
+    os._exit(0)
+fd = os.open(os.devnull, os.O_RDONLY)
+os.dup2(fd, 0)
+os.close(fd)
+sys.exit(main())
+"""
+
+
+def standby_interpreter(exabgp: str) -> str | None:
+    """The Python that runs ``exabgp`` if it is a console script of ExaBGP's (its shebang
+    names an interpreter and it calls ``exabgp.application.main``); None otherwise."""
+    path = shutil.which(exabgp)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    first, _, rest = head.partition(b"\n")
+    if not first.startswith(b"#!") or b"exabgp.application.main import main" not in rest:
+        return None
+    interpreter = first[2:].strip().decode("utf-8", "replace")
+    if " " in interpreter or not os.path.basename(interpreter).startswith("python"):
+        return None
+    return interpreter if os.access(interpreter, os.X_OK) else None
 
 
 def _user_name() -> str:
@@ -65,16 +117,24 @@ def exabgp_env(
     return env
 
 
-class _ExabgpExited(Exception):
-    pass
+def restart_delay(failures: int, backoff: tuple[float, float]) -> float:
+    """Seconds to wait before starting ExaBGP again after ``failures`` exits in a row (each
+    within ``_STABLE_RUN`` of its start; a stable run resets the count to 1).
 
-
-class _StableRunEnded(Exception):
-    pass
+    The first exit restarts at once: every moment without ExaBGP is a moment the peers have
+    none of our routes, and one death (OOM kill, an operator's kill) says nothing about the
+    next run. Only a second exit in a row backs off, ``low`` doubling up to ``high``, so a
+    crash loop costs little CPU (issue 9: ExaBGP death -> routes back, measured in
+    bench/README_startup.md)."""
+    low, high = backoff
+    if failures <= 1:
+        return 0.0
+    return float(min(high, low * 2 ** (failures - 2)))
 
 
 class ExabgpSupervisor:
-    """Runs the managed ExaBGP: ``validate()`` its config, then run ``run()`` as a task.
+    """Runs the managed ExaBGP: ``install()`` its config at start (or ``validate()`` it on a
+    reload), and run ``run()`` as a task.
 
     ``on_exit`` is called each time ExaBGP has exited (its RIB and sessions died with it)."""
 
@@ -95,15 +155,37 @@ class ExabgpSupervisor:
         self.on_exit: Callable[[], None] = on_exit or (lambda: None)
         self.exabgp_pid: int | None = None
         self.exabgp_starts = 0
+        #: how many starts used the warm standby (the rest were cold)
+        self.standby_starts = 0
+        self._interpreter = standby_interpreter(exabgp)
+        self._standby: asyncio.subprocess.Process | None = None
+        self._started = asyncio.Event()  # an ExaBGP has started: prepare the next standby
 
-    async def validate(self, text: str) -> None:
-        """Write ``text`` as ExaBGP's config and check it with ``exabgp validate``; only a
-        valid file replaces the live one. PermanentError carrying ExaBGP's message otherwise."""
+    def install(self, text: str) -> None:
+        """Write ``text`` as the live config WITHOUT ``exabgp validate`` (start-up, before the
+        first ExaBGP: its own parse checks the file, and ``run(verify=text)`` turns a rejection
+        into a PermanentError with ExaBGP's message). Saves a second ExaBGP process, ~0.2 s
+        of CPU, on every start (bench/README_startup.md)."""
+        os.replace(self._write_candidate(text), self.config_path)
+
+    def _write_candidate(self, text: str) -> Path:
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         candidate = self.config_path.with_suffix(".new")
         fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # md5 passwords
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        return candidate
+
+    @property
+    def standby_pid(self) -> int | None:
+        """The warm standby's pid, while one waits (None otherwise)."""
+        standby = self._standby
+        return standby.pid if standby is not None and standby.returncode is None else None
+
+    async def validate(self, text: str) -> None:
+        """Write ``text`` as ExaBGP's config and check it with ``exabgp validate``; only a
+        valid file replaces the live one. PermanentError carrying ExaBGP's message otherwise."""
+        candidate = self._write_candidate(text)
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.exabgp,
@@ -139,41 +221,61 @@ class ExabgpSupervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.exabgp_pid, signal.SIGUSR1)
 
-    async def run(self) -> None:
-        """Run ExaBGP until cancelled: restarted with backoff whenever it exits."""
-        low, high = self.restart_backoff
-        while True:
-            retrying = AsyncRetrying(
-                wait=wait_exponential(multiplier=low, min=low, max=high),
-                retry=retry_if_exception_type(_ExabgpExited),
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._run_exabgp_once()
-            except _StableRunEnded:
-                continue
+    async def run(self, *, verify: str | None = None) -> None:
+        """Run ExaBGP until cancelled: restarted whenever it exits (:func:`restart_delay`).
 
-    async def _run_exabgp_once(self) -> None:
-        started = time.monotonic()
+        ``verify``: the config text ``install()`` wrote unchecked. If the first ExaBGP exits
+        with an error within :data:`VERIFY_WINDOW`, ``validate(verify)`` runs and its
+        PermanentError (ExaBGP rejects the config) ends ``run``: a start-up error."""
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.exabgp,
-                str(self.config_path),
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=pdeathsig(signal.SIGTERM),  # fail closed: dies with anycastd
-                limit=1 << 20,  # a long log line must not end the log pump
-            )
-        except OSError as exc:  # replaced during an upgrade, EAGAIN...: try again later
-            log.error("exabgp_start_failed", extra={"error": str(exc)})  # noqa: TRY400
-            raise _ExabgpExited from exc
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._keep_standby())
+                await self._restart_loop(verify)
+        except* PermanentError as group:
+            raise group.exceptions[0] from None
+        finally:
+            await self._drop_standby()
+
+    async def _restart_loop(self, verify: str | None) -> None:
+        failures = 0
+        while True:
+            ran, rc = await self._run_exabgp_once()
+            if verify is not None:
+                text, verify = verify, None
+                if rc is not None and rc > 0 and ran < VERIFY_WINDOW:
+                    await self.validate(text)
+            failures = 1 if ran >= _STABLE_RUN else failures + 1
+            delay = restart_delay(failures, self.restart_backoff)
+            if delay > 0:
+                log.info("exabgp_restart_backoff", extra={"delay_seconds": delay})
+                await asyncio.sleep(delay)
+
+    async def _run_exabgp_once(self) -> tuple[float, int | None]:
+        """Start ExaBGP and wait for its exit: (seconds it ran, exit code); (0, None) when
+        it did not start."""
+        started = time.monotonic()
+        proc = self._wake_standby()
+        warm = proc is not None
+        if proc is None:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.exabgp,
+                    str(self.config_path),
+                    env=self.env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=pdeathsig(signal.SIGTERM),  # fail closed: dies with anycastd
+                    limit=1 << 20,  # a long log line must not end the log pump
+                )
+            except OSError as exc:  # replaced during an upgrade, EAGAIN...: try again later
+                log.error("exabgp_start_failed", extra={"error": str(exc)})  # noqa: TRY400
+                return 0.0, None
         self.exabgp_pid = proc.pid
         self.exabgp_starts += 1
-        log.info("exabgp_started", extra={"exabgp_pid": proc.pid})
+        self.standby_starts += warm
+        log.info("exabgp_started", extra={"exabgp_pid": proc.pid, "warm": warm})
+        self._started.set()
         try:
             if proc.stdout is None:  # pragma: no cover - PIPE was requested
                 raise RuntimeError("ExaBGP stdout is not a pipe")
@@ -194,9 +296,52 @@ class ExabgpSupervisor:
             self.on_exit()
         ran = time.monotonic() - started
         log.warning("exabgp_exited", extra={"exabgp_rc": rc, "ran_seconds": ran})
-        if ran >= _STABLE_RUN:
-            raise _StableRunEnded
-        raise _ExabgpExited
+        return ran, rc
+
+
+    # -- the warm standby ------------------------------------------------------------------
+    async def _keep_standby(self) -> None:
+        """After each start, once the new ExaBGP has run for a while, have a standby."""
+        while True:
+            await self._started.wait()
+            self._started.clear()
+            await asyncio.sleep(STANDBY_DELAY)
+            standby = self._standby
+            if self._interpreter is None or (standby is not None and standby.returncode is None):
+                continue
+            try:
+                self._standby = await asyncio.create_subprocess_exec(
+                    self._interpreter, "-c", _STANDBY, self.exabgp, str(self.config_path),
+                    env=self.env,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=pdeathsig(signal.SIGTERM),  # dies with anycastd, like ExaBGP
+                    limit=1 << 20,
+                )
+            except OSError as exc:  # no standby: the next restart is a cold one
+                log.warning("exabgp_standby_failed", extra={"error": str(exc)})
+
+    def _wake_standby(self) -> asyncio.subprocess.Process | None:
+        """The standby, told to become ExaBGP; None if there is none alive."""
+        proc, self._standby = self._standby, None
+        if proc is None:
+            return None
+        if proc.returncode is None and proc.stdin is not None:
+            try:
+                proc.stdin.write(b"go\n")
+            except (OSError, RuntimeError):
+                pass
+            else:
+                return proc
+        with contextlib.suppress(ProcessLookupError):  # unusable: gone (asyncio reaps it)
+            proc.kill()
+        return None
+
+    async def _drop_standby(self) -> None:
+        proc, self._standby = self._standby, None
+        if proc is not None:
+            await _terminate(proc, grace=1.0)
 
 
 def log_exabgp_line(raw: bytes, pid: int) -> None:

@@ -196,6 +196,8 @@ async def _harness(settings_json: str, runtime_dir: str) -> None:
                         "peers": {a: p.up for a, p in speaker.peers.items()},
                         "exabgp_pid": speaker.exabgp_pid,
                         "exabgp_starts": speaker.exabgp_starts,
+                        "standby_pid": speaker.exabgp_standby[0],
+                        "standby_starts": speaker.exabgp_standby[1],
                         "commands_sent": speaker.commands_sent,
                         "sent": len(speaker.sent),
                         "resyncs": resyncs,

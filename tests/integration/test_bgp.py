@@ -176,6 +176,23 @@ def test_exabgp_killed_is_restarted_and_routes_come_back(topo: Topo) -> None:
     assert topo.frr1.detail(P1)["metric"] == 5
 
 
+def test_a_killed_exabgp_is_replaced_by_its_warm_standby(topo: Topo) -> None:
+    """Once ExaBGP has run a while, a standby with ExaBGP imported waits; ExaBGP's death
+    makes the standby the new ExaBGP (no cold start) and the routes come back through it."""
+    driver = topo.speaker()
+    up(topo, driver)
+    ok(driver.set_routes([Route(P1, Attributes(med=5))]))
+    wait_for(lambda: P1 in topo.frr1.rib())
+    standby = wait_for(lambda: driver.status()["standby_pid"], timeout=20)
+    os.kill(int(driver.status()["exabgp_pid"]), 9)
+    wait_for(lambda: driver.status()["exabgp_starts"] == 2, timeout=15)
+    status = driver.status()
+    assert status["exabgp_pid"] == standby
+    assert status["standby_starts"] == 1
+    wait_for(lambda: P1 in topo.frr1.rib() and P1 in topo.frr2.rib(), timeout=30)
+    assert topo.frr1.detail(P1)["metric"] == 5
+
+
 def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(x) for x in text.split()]

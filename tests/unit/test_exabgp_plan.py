@@ -118,6 +118,14 @@ def test_chunking_bounds_the_nlri_list() -> None:
     assert [len(c.changes) for c in commands] == [500, 500, 200]
 
 
+def test_by_default_1000_prefixes_go_out_as_20_commands_of_50() -> None:
+    """ExaBGP handles many short commands faster than few long ones (NLRI_CHUNK)."""
+    routes = [Route(f"10.1.{i // 250}.{i % 250 + 1}/32", neighbors=("r1",))
+              for i in range(1000)]
+    commands = diff_rib(resolve(routes, SETTINGS), {}, 65001)
+    assert [len(c.text.split(" nlri ")[1].split()) for c in commands] == [50] * 20
+
+
 def test_applying_the_plan_reaches_the_desired_rib() -> None:
     sent = resolve([Route("192.0.2.1/32"), Route("192.0.2.2/32", Attributes(med=1))], SETTINGS)
     desired = resolve(
