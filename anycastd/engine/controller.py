@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from anycastd.actuators.frr import OspfActuator
 from anycastd.actuators.ipvs import IpvsActuator
 from anycastd.actuators.loopback import LoopbackActuator
 from anycastd.bgp.protocol import Speaker
@@ -41,6 +42,7 @@ from anycastd.core.plan import (
     IpvsStep,
     LoopbackStep,
     Observed,
+    OspfStep,
     Plan,
     Step,
     plan,
@@ -52,6 +54,7 @@ from anycastd.model import (
     BgpSettings,
     IpvsObserved,
     LoopbackObserved,
+    OspfRoute,
     Route,
     VirtualService,
 )
@@ -115,11 +118,13 @@ class Controller:
         rng: random.Random | None = None,
         drain_connections: int = 0,
         withdraw_settle: float = 0.0,
+        ospf: OspfActuator | None = None,
     ) -> None:
         self.config = config
         self.loopback = loopback
         self.ipvs = ipvs
         self.speaker = speaker
+        self.ospf = ospf
         self.bgp_settings = bgp_settings
         self._states = states
         self._rs_up = real_servers_up
@@ -150,6 +155,7 @@ class Controller:
         # what the speaker holds between the steps of one pass (for the log lines): the
         # observation, then each BgpStep's set (a pass may withdraw, then announce again)
         self._held: frozenset[Route] = frozenset()
+        self._held_ospf: frozenset[OspfRoute] = frozenset()  # the same for OSPF
 
     # ---- inputs
 
@@ -181,7 +187,11 @@ class Controller:
             raise TransientError("exabgp", "the announced routes have not been read back yet")
         else:
             announced = routes_from_rib(self.speaker.sent, self.bgp_settings, self._hints)
-        return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned)
+        ospf: frozenset[OspfRoute] = frozenset()
+        if self.ospf is not None:
+            ospf = await self._in_thread(self.ospf.observe)
+        return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned,
+                        ospf=ospf)
 
     def desired(self) -> Desired:
         return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
@@ -239,6 +249,7 @@ class Controller:
                 self._retry_at = None
                 return result
             self._held = observed.announced
+            self._held_ospf = observed.ospf
             try:
                 for i, step in enumerate(result.steps):
                     if pokes != self._pokes and not self._still_wanted(step):
@@ -266,6 +277,8 @@ class Controller:
         announce, health is read again: a route the step adds or changes must be one the
         current state announces, or the demote of a prefix already held. Withdrawals and
         kernel steps are always let through (they only make the node safer or serve)."""
+        if isinstance(step, OspfStep):
+            return self._ospf_still_wanted(step)
         if not isinstance(step, BgpStep):
             return True
         new = step.routes - self._held
@@ -284,6 +297,40 @@ class Controller:
                   detail="health changed during the pass; planning again")
             return False
         return True
+
+    def _ospf_still_wanted(self, step: OspfStep) -> bool:
+        """``_still_wanted`` for OSPF: a new route or metric must be what the current health
+        publishes, or the draining metric of a prefix already published."""
+        new = step.routes - self._held_ospf
+        if not new:
+            return True
+        now = self.desired()
+        wanted = now.ospf_routes
+        held = {r.prefix for r in self._held_ospf}
+        for route in new:
+            if route in wanted:
+                continue
+            intent = now.prefix(route.prefix)
+            if intent is not None and route.prefix in held and route == intent.ospf_demote:
+                continue
+            event(log, "announce_deferred", prefix=route.prefix, protocol="ospf",
+                  detail="health changed during the pass; planning again")
+            return False
+        return True
+
+    async def _execute_ospf(self, step: OspfStep) -> None:
+        if self.ospf is None:  # a reload that adds the first [ospf] service is refused
+            raise PermanentError("frr", "no OSPF actuator ([ospf] was not configured at "
+                                 "start; restart anycastd)")
+        before = {r.prefix: r for r in self._held_ospf}
+        await self._in_thread(self.ospf.apply, step.routes)
+        for route in sorted(step.routes - self._held_ospf):
+            what = "ospf_update" if route.prefix in before else "ospf_publish"
+            event(log, what, prefix=route.prefix, metric=route.metric)
+        for prefix in sorted(before.keys() - {r.prefix for r in step.routes}):
+            event(log, "ospf_withdraw", prefix=prefix)
+        self._held_ospf = step.routes
+        self._count("frr", 1)
 
     async def _execute(self, step: Step) -> bool:
         """Run one step; True when it was a BgpStep that withdrew a prefix."""
@@ -316,6 +363,8 @@ class Controller:
             for ia in step.actions:
                 event(log, "ipvs", action=repr(ia))
             self._count("ipvs", len(step.actions))
+        elif isinstance(step, OspfStep):
+            await self._execute_ospf(step)
         return False
 
     async def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -348,7 +397,7 @@ class Controller:
     def _export(self, desired: Desired, observed: Observed) -> None:
         if self.metrics is None:
             return
-        announced = {r.prefix for r in observed.announced}
+        announced = {r.prefix for r in observed.announced} | {r.prefix for r in observed.ospf}
         for svc in desired.services:
             self.metrics.set_announced(
                 svc.name, [p for p in svc.prefixes if p in announced], configured=svc.prefixes

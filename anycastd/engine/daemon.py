@@ -299,11 +299,6 @@ class Daemon:
         if not world.dry_run:
             self._sysctls()
         self.flags.load(dry_run=world.dry_run)
-        ospf = sorted(n for n, s in self.config.services.items() if s.ospf is not None)
-        if ospf:
-            event(log, "ospf_not_implemented", level=logging.WARNING, services=ospf,
-                  detail="[services.*.ospf] is validated but no FRR configuration is rendered "
-                  "in this version")
         self.controller = Controller(
             self.config,
             loopback=world.loopback,
@@ -316,6 +311,7 @@ class Daemon:
             clock=self.clock,
             metrics=None if world.dry_run else self.metrics,
             withdraw_settle=world.speaker.withdraw_settle,
+            ospf=world.ospf,
         )
         freeze_heap()
         try:

@@ -1,8 +1,9 @@
 """The actuators a daemon drives, built from the config: real ones, or a dry run.
 
 ``build_world`` opens the real ones: the loopback actuator on ``global.interface``, IPVS
-when any service declares it, and the ExaBGP speaker when ``[bgp]`` exists (otherwise a
-null speaker that only remembers the route set). ``dry_run_world`` reads the real interface
+when any service declares it, the ExaBGP speaker when ``[bgp]`` exists (otherwise a
+null speaker that only remembers the route set), and the OSPF actuator (FRR's vtysh, or the
+render file) when a service has ``[ospf]``. ``dry_run_world`` reads the real interface
 once and then works on an in-memory copy: anycastd plans and logs every action as it would,
 and the node is left untouched (``anycastd run --dry-run``, and the demo).
 """
@@ -15,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anycastd.actuators.frr import FrrOspf, OspfActuator, OspfSettings
 from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
-from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback
+from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback, MemoryOspf
 from anycastd.bgp.protocol import NullSpeaker, PeerState, Speaker
 from anycastd.bgp.speaker import ExabgpSpeaker
-from anycastd.config import BgpConfig, Config
+from anycastd.config import BgpConfig, Config, OspfGlobal
 from anycastd.errors import ActuatorError, PermanentError, StartupError
 from anycastd.model import BgpSettings, Neighbor
 
@@ -37,6 +39,8 @@ class World:
     #: opens a watcher of the interface's address and link events (None: no kernel to
     #: watch, e.g. a dry run); a factory, so a watcher whose socket failed can be replaced
     link_events: Callable[[], LinkWatcher] | None = None
+    #: the OSPF actuator when a service has [ospf] (None: no OSPF)
+    ospf: OspfActuator | None = None
 
     def close(self) -> None:
         for close in self.closers:
@@ -79,6 +83,22 @@ def bgp_settings(bgp: BgpConfig) -> BgpSettings:
     )
 
 
+def ospf_settings(config: Config) -> OspfSettings | None:
+    """The OSPF actuator's input: ``[ospf]`` (or its defaults) when a service has [ospf]."""
+    services = [s for s in config.services.values() if s.ospf is not None]
+    if not services:
+        return None
+    g = config.ospf or OspfGlobal()
+    metrics = sorted({m for s in services if s.ospf is not None
+                      for m in (s.ospf.metric.up, s.ospf.metric.draining,
+                                s.ospf.metric.maintenance)})
+    return OspfSettings(
+        name=g.name, metrics=tuple(metrics), metric_type=g.metric_type, dialect=g.dialect,
+        mode=g.mode, render_file=g.render_file, vtysh=g.vtysh, pathspace=g.pathspace,
+        instance=g.instance, timeout=g.timeout,
+    )
+
+
 def _needs_ipvs(config: Config) -> bool:
     return any(s.ipvs is not None for s in config.services.values())
 
@@ -104,8 +124,10 @@ def build_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> 
         speaker = ExabgpSpeaker(settings, Path(g.runtime_dir), on_peer_change=on_peer_change)
     else:
         speaker = NullSpeaker()
+    ospf_conf = ospf_settings(config)
     return World(lo, ipvs, speaker, settings, closers,
-                 link_events=lambda: LinkWatcher(g.interface))
+                 link_events=lambda: LinkWatcher(g.interface),
+                 ospf=FrrOspf(ospf_conf) if ospf_conf is not None else None)
 
 
 def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> World:
@@ -118,4 +140,6 @@ def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -
         seen = None  # no such interface or no netlink: start from an empty one
     lo = MemoryLoopback(config.global_.interface, seen.addresses if seen else ())
     ipvs = MemoryIpvs() if _needs_ipvs(config) else None
-    return World(lo, ipvs, NullSpeaker(), None, dry_run=True)
+    ospf_conf = ospf_settings(config)
+    return World(lo, ipvs, NullSpeaker(), None, dry_run=True,
+                 ospf=MemoryOspf(ospf_conf) if ospf_conf is not None else None)
