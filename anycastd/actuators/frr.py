@@ -42,11 +42,13 @@ into the daemon is the operator's part.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -84,6 +86,8 @@ class OspfSettings:
     pathspace: str | None = None
     instance: int | None = None
     timeout: float = 10.0
+    #: after a removal, how long to wait for ospfd to flush its LSA before the address goes
+    withdraw_wait: float = 0.2
 
     @property
     def router_line(self) -> str:
@@ -105,6 +109,11 @@ class OspfActuator(Protocol):
     def observe(self) -> frozenset[OspfRoute]: ...
 
     def apply(self, routes: frozenset[OspfRoute]) -> None: ...
+
+    def settle(self, prefixes: frozenset[str]) -> bool:
+        """Wait (at most ``settings.withdraw_wait``) until the routing daemon no longer
+        originates an LSA for ``prefixes``; True when it does not."""
+        ...
 
 
 # --- render (pure) ---------------------------------------------------------------------------
@@ -316,6 +325,8 @@ class FrrOspf:
     def __init__(self, settings: OspfSettings) -> None:
         self.settings = settings
         self.writes = 0  # vtysh configuration sessions and file writes, for tests
+        #: renders already accepted by ``vtysh -C``, without their prefix-list lines
+        self._validated: set[str] = set()
 
     # ---- vtysh
 
@@ -359,8 +370,9 @@ class FrrOspf:
             )
 
     def _configure(self, cmds: Sequence[str]) -> str | None:
-        """Run ``cmds`` in one configuration session; the daemon's error text, or None."""
-        args = ["-c", "configure terminal"]
+        """Run ``cmds`` in one configuration session of ospfd (the configuration is
+        ospfd's: zebra needs none of it); the daemon's error text, or None."""
+        args = ["-d", "ospfd", "-c", "configure terminal"]
         for c in cmds:
             args += ["-c", c]
         args += ["-c", "end"]
@@ -411,7 +423,12 @@ class FrrOspf:
         cmds = commands(s, before, target)
         if not cmds:
             return  # unchanged: no validation run, no write
-        self.check(text)
+        # The prefix-list lines are made from validated values (IPv4 prefixes, integer
+        # metrics): a shape (everything else) vtysh -C accepted once is not sent again.
+        shape = "\n".join(ln for ln in text.splitlines() if not ln.startswith("ip prefix-list"))
+        if shape not in self._validated:
+            self.check(text)
+            self._validated.add(shape)
         error = self._configure(cmds)
         if error is None:
             if s.render_file is not None:
@@ -422,6 +439,43 @@ class FrrOspf:
         undo_error = self._configure(undo) if undo else None
         detail = f"; undoing it failed too: {undo_error}" if undo_error else ""
         raise PermanentError(ACTUATOR, f"the routing daemon rejected the change: {error}{detail}")
+
+
+    def settle(self, prefixes: frozenset[str]) -> bool:
+        s = self.settings
+        if s.mode == "render" or not prefixes or s.withdraw_wait <= 0:
+            return True
+        deadline = time.monotonic() + s.withdraw_wait
+        while True:
+            if not (self.originated() & prefixes):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    def originated(self) -> frozenset[str]:
+        """The prefixes of the live AS-external LSAs this router originates."""
+        proc = self._run(["-d", "ospfd", "-c",
+                          "show ip ospf database external self-originate json"])
+        try:
+            data = json.loads(proc.stdout or "{}")
+        except ValueError:
+            return frozenset()
+        return frozenset(_external_prefixes(data))
+
+
+def _external_prefixes(data: object) -> Iterator[str]:
+    """``linkStateId/mask`` of the live (not MaxAge) LSAs in ospfd's JSON, at any depth."""
+    if isinstance(data, dict):
+        lsid, age = data.get("linkStateId"), data.get("lsaAge", 0)
+        if isinstance(lsid, str) and isinstance(age, int) and age < 3600:
+            mask = data.get("networkMask", 32)
+            yield f"{lsid}/{mask}"
+        for value in data.values():
+            yield from _external_prefixes(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _external_prefixes(value)
 
 
 def _text(proc: subprocess.CompletedProcess[str]) -> str:

@@ -370,3 +370,7 @@ class MemoryOspf:
             raise self._failures.pop(0)
         self.history.append(cmds)
         self.config = target
+
+    def settle(self, prefixes: frozenset[str]) -> bool:
+        del prefixes  # the twin's "LSAs" change with its configuration, at once
+        return True

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
-from anycastd.config.scalars import AbsPath, PositiveDuration
+from anycastd.config.scalars import AbsPath, Duration, PositiveDuration
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 
@@ -51,6 +51,7 @@ class OspfGlobal(BaseModel):
     pathspace: Annotated[str, PlainValidator(_v_pathspace)] | None = None
     instance: Annotated[int, Strict(), Field(ge=1, le=65535)] | None = None
     timeout: PositiveDuration = 10.0
+    withdraw_wait: Duration = 0.2
 
     @model_validator(mode="after")
     def _mode_rules(self) -> OspfGlobal:

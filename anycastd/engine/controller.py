@@ -25,7 +25,7 @@ import concurrent.futures
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -254,7 +254,7 @@ class Controller:
                 for i, step in enumerate(result.steps):
                     if pokes != self._pokes and not self._still_wanted(step):
                         break  # health moved under this pass: plan again from scratch
-                    withdrew = await self._execute(step)
+                    withdrew = await self._execute(step, result.steps[i + 1:])
                     if withdrew and self.withdraw_settle > 0 and any(
                         not isinstance(later, BgpStep) for later in result.steps[i + 1:]
                     ):
@@ -318,7 +318,7 @@ class Controller:
             return False
         return True
 
-    async def _execute_ospf(self, step: OspfStep) -> None:
+    async def _execute_ospf(self, step: OspfStep, later: Sequence[Step]) -> None:
         if self.ospf is None:  # a reload that adds the first [ospf] service is refused
             raise PermanentError("frr", "no OSPF actuator ([ospf] was not configured at "
                                  "start; restart anycastd)")
@@ -327,12 +327,21 @@ class Controller:
         for route in sorted(step.routes - self._held_ospf):
             what = "ospf_update" if route.prefix in before else "ospf_publish"
             event(log, what, prefix=route.prefix, metric=route.metric)
-        for prefix in sorted(before.keys() - {r.prefix for r in step.routes}):
+        removed = frozenset(before.keys() - {r.prefix for r in step.routes})
+        for prefix in sorted(removed):
             event(log, "ospf_withdraw", prefix=prefix)
         self._held_ospf = step.routes
         self._count("frr", 1)
+        # like BGP's withdraw settle: the LSA goes before IPVS and the address do (bounded
+        # by [ospf] withdraw_wait: with FRR's default LSA timers a route-map change reaches
+        # the LSA only after ~5 s, and the address removal flushes it)
+        kernel_next = any(isinstance(s, LoopbackStep | IpvsStep) for s in later)
+        if removed and kernel_next and not await self._in_thread(self.ospf.settle, removed):
+            event(log, "ospf_withdraw_slow", prefixes=sorted(removed),
+                  detail="the LSA outlived [ospf] withdraw_wait; removing the address "
+                  "flushes it")
 
-    async def _execute(self, step: Step) -> bool:
+    async def _execute(self, step: Step, later: Sequence[Step] = ()) -> bool:
         """Run one step; True when it was a BgpStep that withdrew a prefix."""
         if isinstance(step, BgpStep):
             before = self._held
@@ -364,7 +373,7 @@ class Controller:
                 event(log, "ipvs", action=repr(ia))
             self._count("ipvs", len(step.actions))
         elif isinstance(step, OspfStep):
-            await self._execute_ospf(step)
+            await self._execute_ospf(step, later)
         return False
 
     async def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:

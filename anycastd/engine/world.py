@@ -95,7 +95,7 @@ def ospf_settings(config: Config) -> OspfSettings | None:
     return OspfSettings(
         name=g.name, metrics=tuple(metrics), metric_type=g.metric_type, dialect=g.dialect,
         mode=g.mode, render_file=g.render_file, vtysh=g.vtysh, pathspace=g.pathspace,
-        instance=g.instance, timeout=g.timeout,
+        instance=g.instance, timeout=g.timeout, withdraw_wait=g.withdraw_wait,
     )
 
 
