@@ -35,6 +35,12 @@ pytestmark = [
 ]
 
 
+#: How long after the edge's address went the router may still show its route: the flush
+#: left the edge before the address (asserted), then flooding, SPF and the kernel install
+#: take the router a few ms (measured 0-5 ms; this allows for a loaded 2-core machine).
+ROUTER_LAG = 0.1
+
+
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OspfTopo]:
     with ospf_topology(tmp_path_factory.mktemp("ospf")) as t:
@@ -100,8 +106,8 @@ def test_b_a_failing_service_leaves_the_router_and_never_outlives_its_address(
     gone = _last(tl.addr)  # the last sample that still saw the address
     # the edge stopped originating its LSA before its address went (withdraw settle) ...
     assert _last(tl.lsa) <= gone, (_last(tl.lsa) - t0, gone - t0)
-    # ... and the router's route left the edge no later than the address did
-    assert _last(tl.route) <= gone + 0.005, (_last(tl.route) - t0, gone - t0)
+    # ... and the router followed within its own processing time (flood, SPF, kernel)
+    assert _last(tl.route) <= gone + ROUTER_LAG, (_last(tl.route) - t0, gone - t0)
     events = [ln.event for ln in edge.daemon.lines() if ln.t >= t0] if edge.daemon else []
     assert events.index("ospf_withdraw") < events.index("loopback")
     assert "ospf_update" not in events  # unplanned: no draining metric first
