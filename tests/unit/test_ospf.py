@@ -15,6 +15,7 @@ import pytest
 
 from anycastd.actuators import frr
 from anycastd.actuators.memory import MemoryOspf
+from anycastd.cli import main
 from anycastd.config import loads
 from anycastd.core.desired import compute
 from anycastd.core.health import ServiceState as S
@@ -291,3 +292,38 @@ def test_bgp_and_ospf_withdraw_before_the_address_goes() -> None:
                 observed, 0.0)
     kinds = [type(s).__name__ for s in down.steps]
     assert kinds == ["BgpStep", "OspfStep", "LoopbackStep"]
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_ospf_render_prints_what_would_be_applied_for_a_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "anycastd.toml"
+    conf.write_text('[ospf]\nmetric_type = "type-1"\n' + CONFIG)
+    assert main(["ospf", "render", "-c", str(conf), "--state", "draining"]) == 0
+    out = capsys.readouterr().out
+    assert "ip prefix-list ANYCASTD-OSPF-M100 seq 5 permit 192.0.2.80/32" in out
+    assert " set metric-type type-1" in out
+    assert main(["ospf", "render", "-c", str(conf), "--state", "down"]) == 0
+    assert "ip prefix-list" not in capsys.readouterr().out
+
+
+def test_ospf_render_without_an_ospf_service_is_a_usage_error(tmp_path: Path) -> None:
+    conf = tmp_path / "anycastd.toml"
+    conf.write_text(CONFIG.replace("[services.web.ospf]\nmetric = { up = 10, draining = 100, "
+                                   "maintenance = 65535 }\n", ""))
+    assert main(["ospf", "render", "-c", str(conf)]) == 64
+
+
+def test_quagga_apply_is_refused_by_the_config_with_the_key(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    conf = tmp_path / "anycastd.toml"
+    conf.write_text('[ospf]\ndialect = "quagga"\n' + CONFIG)
+    assert main(["check-config", "-c", str(conf)]) == 78
+    err = capsys.readouterr().err
+    assert f"{conf}: ospf" in err
+    assert 'supports mode = "render" only' in err
+    assert "Traceback" not in err
