@@ -69,6 +69,10 @@ __all__ = [
 
 ACTUATOR = "frr"
 
+#: How long a read-back serves as "what the daemon holds" for the next apply (seconds): the
+#: controller observes, plans and applies within one pass.
+FRESH = 2.0
+
 Dialect = Literal["frr", "quagga"]
 
 
@@ -327,6 +331,8 @@ class FrrOspf:
         self.writes = 0  # vtysh configuration sessions and file writes, for tests
         #: renders already accepted by ``vtysh -C``, without their prefix-list lines
         self._validated: set[str] = set()
+        #: (monotonic time, parse) of the last read-back, or of what the last apply wrote
+        self._last: tuple[float, Parsed] | None = None
 
     # ---- vtysh
 
@@ -385,7 +391,16 @@ class FrrOspf:
     # ---- the Protocol
 
     def observe(self) -> frozenset[OspfRoute]:
-        return published(self.settings, parse(self.settings, self._read()))
+        parsed = parse(self.settings, self._read())
+        self._last = (time.monotonic(), parsed)
+        return published(self.settings, parsed)
+
+    def _current(self) -> Parsed:
+        """What the daemon holds: the read-back of this pass (the controller observes just
+        before it applies; one vtysh call less on the withdraw path), else a fresh read."""
+        if self._last is not None and time.monotonic() - self._last[0] < FRESH:
+            return self._last[1]
+        return parse(self.settings, self.running())
 
     def _read(self) -> str:
         if self.settings.mode == "render":
@@ -407,7 +422,8 @@ class FrrOspf:
             if write_atomic(s.render_file, text):
                 self.writes += 1
             return
-        before = parse(s, self.running())
+        before = self._current()
+        self._last = None  # whatever happens next, read again before the next apply
         if not before.has_router:
             raise PermanentError(
                 ACTUATOR, f"no '{s.router_line}' in the running configuration: anycastd "
@@ -431,6 +447,8 @@ class FrrOspf:
             self._validated.add(shape)
         error = self._configure(cmds)
         if error is None:
+            self._last = (time.monotonic(), Parsed(target.lists, target.rmap, True,
+                                                   _replace_ours(s, before.redistribute)))
             if s.render_file is not None:
                 write_atomic(s.render_file, text)
             return
@@ -476,6 +494,11 @@ def _external_prefixes(data: object) -> Iterator[str]:
     elif isinstance(data, list):
         for value in data:
             yield from _external_prefixes(value)
+
+
+def _replace_ours(settings: OspfSettings, lines: tuple[str, ...]) -> tuple[str, ...]:
+    """The router block's ``redistribute connected`` lines once ours is in."""
+    return (*(x for x in lines if x != settings.redistribute), settings.redistribute)
 
 
 def _text(proc: subprocess.CompletedProcess[str]) -> str:

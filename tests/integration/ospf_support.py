@@ -181,8 +181,8 @@ class OspfTopo:
 
 
 @contextlib.contextmanager
-def ospf_topology(tmp: Path) -> Iterator[OspfTopo]:
-    lab = OspfLab(tmp / "lab")
+def ospf_topology(tmp: Path, *, fast_timers: bool = True) -> Iterator[OspfTopo]:
+    lab = OspfLab(tmp / "lab", fast_timers=fast_timers)
     topo = OspfTopo(lab, [])
     try:
         for i, node in enumerate(lab.edges, start=1):
