@@ -376,9 +376,11 @@ class FrrOspf:
             )
 
     def _configure(self, cmds: Sequence[str]) -> str | None:
-        """Run ``cmds`` in one configuration session of ospfd (the configuration is
-        ospfd's: zebra needs none of it); the daemon's error text, or None."""
-        args = ["-d", "ospfd", "-c", "configure terminal"]
+        """Run ``cmds`` in one vtysh configuration session; the daemon's error text, or
+        None. Sent like an operator's vtysh would: to every daemon that takes the command
+        (prefix lists and route-maps go to zebra too), so the daemons' copies never differ
+        (ospfd's is the one read back and the one that publishes)."""
+        args = ["-c", "configure terminal"]
         for c in cmds:
             args += ["-c", c]
         args += ["-c", "end"]

@@ -219,3 +219,26 @@ def test_e_a_foreign_redistribute_is_never_rewritten(topo: OspfTopo, tmp_path: P
         assert not (tmp_path / "ospf.conf").exists()
     finally:
         node.vtysh("configure terminal", "router ospf", "no redistribute connected", "end")
+
+
+def test_g_a_hand_edit_of_anycastds_part_is_repaired_on_the_reconcile_timer(
+    healthy: OspfTopo,
+) -> None:
+    topo = healthy
+    edge = topo.edges[0]
+    assert edge.daemon is not None
+    t0 = time.time()
+    # the operator removes the publication line by hand: the route leaves the router ...
+    edge.node.vtysh("configure terminal", "router ospf",
+                    "no redistribute connected route-map ANYCASTD-OSPF", "end")
+    wait_for(lambda: topo.next_hops() == {2}, timeout=10, interval=0.02)
+    # ... and the next reconcile pass (every 1 s here) puts it back
+    wait_for(lambda: topo.next_hops() == {1, 2}, timeout=10, interval=0.02)
+    assert " redistribute connected route-map ANYCASTD-OSPF" in edge.node.running_config()
+    # a damaged route-map entry too
+    edge.node.vtysh("configure terminal", "route-map ANYCASTD-OSPF permit 10", "set metric 7",
+                    "end")
+    wait_for(lambda: topo.external_metrics().get(1) == 10
+             and " set metric 7" not in edge.node.running_config(), timeout=10, interval=0.05)
+    assert edge.daemon.events("ospf_update", prefix=PREFIX), "repaired by a planned update"
+    assert [ln for ln in edge.daemon.lines() if ln.t >= t0 and ln.event == "loopback"] == []
