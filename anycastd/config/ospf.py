@@ -8,6 +8,7 @@ configuration to a file or also applies it (see docs/ospf.md).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, model_validator
@@ -52,6 +53,7 @@ class OspfGlobal(BaseModel):
     instance: Annotated[int, Strict(), Field(ge=1, le=65535)] | None = None
     timeout: PositiveDuration = 10.0
     withdraw_wait: Duration = 0.2
+    vty_dir: AbsPath = Path("/var/run/frr")
 
     @model_validator(mode="after")
     def _mode_rules(self) -> OspfGlobal:

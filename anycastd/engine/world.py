@@ -96,6 +96,7 @@ def ospf_settings(config: Config) -> OspfSettings | None:
         name=g.name, metrics=tuple(metrics), metric_type=g.metric_type, dialect=g.dialect,
         mode=g.mode, render_file=g.render_file, vtysh=g.vtysh, pathspace=g.pathspace,
         instance=g.instance, timeout=g.timeout, withdraw_wait=g.withdraw_wait,
+        vty_dir=g.vty_dir,
     )
 
 
