@@ -121,11 +121,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also validate the render with the daemon's own checker (FRR: vtysh -C)",
     )
 
-    sub.add_parser(
+    demo = sub.add_parser(
         "demo",
         help="the anycast demo: a router (FRR), two anycastd edges and a client in network "
         "namespaces (root)",
     )
+    demo.add_argument("--ospf", action="store_true",
+                      help="the same story over OSPF (FRR zebra + ospfd) instead of BGP")
     return p
 
 
@@ -283,7 +285,11 @@ def _cmd_flag(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _cmd_demo(_args: argparse.Namespace) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.ospf:
+        from anycastd.demo_ospf import run_ospf_demo
+
+        return run_ospf_demo()
     from anycastd.demo import run_demo
 
     return asyncio.run(run_demo())

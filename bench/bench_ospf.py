@@ -26,7 +26,8 @@ Times (one wall clock for all):
 * flap (``--flaps N``): down, up as soon as the router has the route again, down at once:
   the times of the second down and of the up show what MinLSInterval/min-arrival do to a
   fast down-up-down.
-Each run waits a random 0.2-0.6 s first, so the stop falls at a random phase of the checks.
+Each run waits a random 0.2-0.6 s first (plus ``--hold`` seconds), so the stop falls at a
+random phase of the checks.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--flaps", type=int, default=5)
     parser.add_argument("--timers", choices=("fast", "default"), default="fast")
+    parser.add_argument("--hold", type=float, default=0.0,
+                        help="extra seconds the route stays up before each kill (with FRR's "
+                        "default timers a change within 5 s of the last LSA is delayed)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write JSON here")
     args = parser.parse_args()
@@ -93,6 +97,7 @@ def main() -> None:
     with bench_run("ospf", args.out) as (work, results), \
             ospf_topology(work, fast_timers=args.timers == "fast") as topo:
         results["timers"] = args.timers
+        results["hold"] = args.hold
         edge = topo.edges[0]
         edge.start_listener()
         daemon = edge.start()
@@ -122,7 +127,7 @@ def main() -> None:
         share: list[float] = []
         settle: list[float] = []
         for _ in range(args.runs):
-            time.sleep(rng.uniform(0.2, 0.6))
+            time.sleep(args.hold + rng.uniform(0.2, 0.6))
             t0 = kill()
             down.append(gone(t0))
             wait_for(lambda: not edge.has_address(), timeout=10, interval=0.01)
@@ -135,11 +140,13 @@ def main() -> None:
                 settle.append(line.t - off[0])
             time.sleep(rng.uniform(0.2, 0.6))
             up.append(back())
-        print(f"timers: {args.timers}; {args.runs} runs; detection bound {BOUND_MS:.0f} ms")
+        print(f"timers: {args.timers}; hold {args.hold:g} s; {args.runs} runs; "
+              f"detection bound {BOUND_MS:.0f} ms")
         results["down"] = summary("listener killed -> route gone at the router", down)
         results["up"] = summary("listener back -> route at the router", up)
         if share:
-            results["anycastd_share"] = summary("anycastd: verdict -> route off (vtysh)", share)
+            results["anycastd_share"] = summary("anycastd: verdict -> route off (ospfd vty)",
+                                                share)
             results["settle"] = summary("anycastd: route off -> address removed", settle)
 
         flap_down: list[float] = []
