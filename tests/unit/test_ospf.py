@@ -9,19 +9,24 @@ Regenerate a golden file by deleting it and running this module once.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 from pathlib import Path
 
 import pytest
 
 from anycastd.actuators import frr
 from anycastd.actuators.memory import MemoryOspf
+from anycastd.bgp.protocol import NullSpeaker
 from anycastd.cli import main
 from anycastd.config import loads
 from anycastd.core.desired import compute
 from anycastd.core.health import ServiceState as S
 from anycastd.core.plan import ControllerState, LoopbackStep, Observed, OspfStep, plan
+from anycastd.engine.controller import Controller
 from anycastd.errors import PermanentError
 from anycastd.model import AddAddress, OspfRoute, RemoveAddress
+from anycastd.testing.clock import FakeClock
 from anycastd.testing.loopback import FakeLoopback
 from tests.unit.configs import BGP_HEAD
 
@@ -327,3 +332,39 @@ def test_quagga_apply_is_refused_by_the_config_with_the_key(tmp_path: Path,
     assert f"{conf}: ospf" in err
     assert 'supports mode = "render" only' in err
     assert "Traceback" not in err
+
+
+# --- the controller ---------------------------------------------------------------------------
+
+
+def _controller(states: dict[str, S], ospf: MemoryOspf, lo: FakeLoopback) -> Controller:
+    return Controller(loads(CONFIG), loopback=lo, ipvs=None, speaker=NullSpeaker(),
+                      bgp_settings=None, states=lambda: states, real_servers_up=dict,
+                      clock=FakeClock(), ospf=ospf)
+
+
+def test_the_controller_publishes_and_a_failed_removal_keeps_the_address_until_it_succeeds(
+) -> None:
+    async def scenario() -> None:
+        states = {"web": S.UP}
+        lo, ospf = FakeLoopback(), MemoryOspf(SETTINGS)
+        ctl = _controller(states, ospf, lo)
+        try:
+            await ctl.reconcile()
+            assert ospf.observe() == {UP}
+            assert lo.observe().addresses - FakeLoopback().observe().addresses
+            states["web"] = S.DOWN
+            ospf.fail_next(PermanentError("frr", "the daemon said no"))
+            await ctl.reconcile()
+            # the removal failed: the route is still published, so the address stays
+            assert ospf.observe() == {UP}
+            assert any(a.ip == ipaddress.ip_address("192.0.2.80")
+                       for a in lo.observe().addresses)
+            await ctl.reconcile()  # the next pass (the reconcile timer) finishes the job
+            assert ospf.observe() == frozenset()
+            assert not any(a.ip == ipaddress.ip_address("192.0.2.80")
+                           for a in lo.observe().addresses)
+        finally:
+            ctl.close()
+
+    asyncio.run(scenario())
