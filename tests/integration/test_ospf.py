@@ -203,7 +203,20 @@ def test_e_an_apply_the_daemon_rejects_changes_nothing_and_says_why(
     assert "Unknown command" in info.value.message  # vtysh's own words
     assert bad.writes == 0
     assert node.running_config() == before
-    # 2. an OSPF instance the operator did not configure: anycastd never creates one
+    # 2. a checker that accepts what the daemon refuses (a vtysh of another version; here
+    # /bin/true): ospfd takes the prefix list and the route-map entry, then refuses the
+    # metric-type; what it took is undone, and its own words are reported
+    lenient = FrrOspf(OspfSettings(metrics=(10,), metric_type="type-3", vtysh="/bin/true",
+                                   pathspace=node.pathspace))
+    with pytest.raises(PermanentError) as info:
+        lenient.apply(route)
+    assert "the routing daemon rejected the change" in info.value.message
+    assert "set metric-type type-3" in info.value.message
+    assert "Unknown command" in info.value.message
+    assert "undoing it failed" not in info.value.message
+    assert lenient.writes == 2  # the session that was refused, and the undo
+    assert node.running_config() == before
+    # 3. an OSPF instance the operator did not configure: anycastd never creates one
     refused = FrrOspf(OspfSettings(metrics=(10,), instance=7, pathspace=node.pathspace))
     with pytest.raises(PermanentError) as info:
         refused.apply(route)
