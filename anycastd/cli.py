@@ -1,5 +1,5 @@
 """Command line: ``anycastd run | check-config | probe | status | maintenance | drain``,
-``demo``.
+``ospf render``, ``demo``.
 
 Exit codes follow sysexits(3): 0 ok, 1 a probe found the service unhealthy, 64 usage,
 66 the config file is missing, 69 cannot start or reach the daemon, 70 internal error (a
@@ -124,11 +124,28 @@ def _parser() -> argparse.ArgumentParser:
         flag.add_argument("service", help="service name as in the config")
         flag.add_argument("switch", choices=("on", "off"))
 
-    sub.add_parser(
+    ospf = sub.add_parser("ospf", help="OSPF: print the FRR/Quagga configuration anycastd renders")
+    ospf_sub = ospf.add_subparsers(dest="ospf_command", metavar="ACTION", parser_class=_Parser)
+    render = ospf_sub.add_parser(
+        "render", help="print the configuration anycastd would apply for the given state"
+    )
+    with_config(render)
+    render.add_argument(
+        "--state", choices=("up", "draining", "maintenance", "down"), default="up",
+        help="the state every service is assumed to be in (default up: the full publication)",
+    )
+    render.add_argument(
+        "--check", action="store_true",
+        help="also validate the render with the daemon's own checker (FRR: vtysh -C)",
+    )
+
+    demo = sub.add_parser(
         "demo",
         help="the anycast demo: a router (FRR), two anycastd edges and a client in network "
         "namespaces (root)",
     )
+    demo.add_argument("--ospf", action="store_true",
+                      help="the same story over OSPF (FRR zebra + ospfd) instead of BGP")
     return p
 
 
@@ -147,6 +164,65 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(dump(config))
     elif not args.quiet:
         print(summarize(config))
+    return _check_ospf(config, quiet=args.quiet or args.dump)
+
+
+def _ospf_render(config: Config, state: str) -> tuple[str, str] | None:
+    """(render, description) of the OSPF configuration with every service in ``state``;
+    None when no service has [ospf]."""
+    from anycastd.actuators.frr import render
+    from anycastd.core.desired import compute
+    from anycastd.core.health import ServiceState
+    from anycastd.engine.world import ospf_settings
+
+    settings = ospf_settings(config)
+    if settings is None:
+        return None
+    desired = compute(config, dict.fromkeys(config.services, ServiceState(state)))
+    where = f"vtysh -N {settings.pathspace}" if settings.pathspace else "vtysh"
+    how = (f"render to {settings.render_file}" if settings.mode == "render"
+           else f"apply through {where}")
+    return render(settings, desired.ospf_routes), f"{settings.dialect}, {how}"
+
+
+def _check_ospf(config: Config, *, quiet: bool) -> int:
+    """check-config's OSPF part: the render validated by the daemon's checker (FRR)."""
+    from anycastd.actuators.frr import FrrOspf
+    from anycastd.engine.world import ospf_settings
+    from anycastd.errors import ActuatorError
+
+    rendered = _ospf_render(config, "up")
+    settings = ospf_settings(config)
+    if rendered is None or settings is None:
+        return EX_OK
+    if settings.dialect != "frr":
+        if not quiet:
+            print(f"ospf: {rendered[1]} (Quagga: not validated, no daemon to ask)")
+        return EX_OK
+    try:
+        FrrOspf(settings).check(rendered[0])
+    except ActuatorError as exc:
+        if "not found" in exc.message:
+            sys.stderr.write(f"anycastd: ospf: {exc.message}: the render was not validated\n")
+            return EX_OK
+        sys.stderr.write(f"anycastd: invalid configuration (1 problem):\n"
+                         f"{config.sources[0] if config.sources else ''}: ospf: {exc.message}\n")
+        return EX_CONFIG
+    if not quiet:
+        print(f"ospf: {rendered[1]}; render accepted by {settings.vtysh} -C")
+    return EX_OK
+
+
+def _cmd_ospf(args: argparse.Namespace) -> int:
+    if args.ospf_command != "render":
+        raise UsageError("usage: anycastd ospf render [-c PATH] [--state STATE] [--check]")
+    config = load(args.config)
+    rendered = _ospf_render(config, args.state)
+    if rendered is None:
+        raise UsageError(f"no service in {args.config} has [services.NAME.ospf]")
+    sys.stdout.write(rendered[0])
+    if args.check:
+        return _check_ospf(config, quiet=True)
     return EX_OK
 
 
@@ -258,7 +334,11 @@ def _cmd_flag(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _cmd_demo(_args: argparse.Namespace) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.ospf:
+        from anycastd.demo_ospf import run_ospf_demo
+
+        return run_ospf_demo()
     from anycastd.demo import run_demo
 
     return asyncio.run(run_demo())
@@ -269,6 +349,7 @@ _COMMANDS = {
     "check-config": _cmd_check_config,
     "probe": _cmd_probe,
     "demo": _cmd_demo,
+    "ospf": _cmd_ospf,
     "status": _cmd_status,
     "maintenance": _cmd_flag,
     "drain": _cmd_flag,

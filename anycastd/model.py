@@ -425,6 +425,14 @@ class Route:
     neighbors: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, order=True)
+class OspfRoute:
+    """A prefix published into OSPF (an AS-external route) with its metric."""
+
+    prefix: str
+    metric: int
+
+
 #: Key of a RIB entry for routes sent without a neighbor selector (external mode, no
 #: neighbors configured): ExaBGP gives them to every neighbor.
 ALL_NEIGHBORS = "*"

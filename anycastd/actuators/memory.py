@@ -48,6 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from anycastd.actuators import frr
 from anycastd.actuators.ipvs import ACTUATOR as IPVS
 from anycastd.actuators.ipvs import SCHEDULERS, IpvsActuator, IpvsNetlink
 from anycastd.actuators.loopback import ACTUATOR as LOOPBACK
@@ -73,12 +74,13 @@ from anycastd.model import (
     LoopbackObserved,
     ObservedRealServer,
     ObservedService,
+    OspfRoute,
     RealServer,
     ServiceSpec,
     VirtualService,
 )
 
-__all__ = ["MemoryIpvs", "MemoryLoopback"]
+__all__ = ["MemoryIpvs", "MemoryLoopback", "MemoryOspf"]
 
 _LOOPBACK_V6 = Address(ipaddress.ip_address("::1"), 128, owned=False)
 _DEFAULT = (Address(ipaddress.ip_address("127.0.0.1"), 8, owned=False), _LOOPBACK_V6)
@@ -321,3 +323,54 @@ if TYPE_CHECKING:
 
     def _conforms_ipvs(fake: MemoryIpvs, real: IpvsNetlink) -> list[IpvsActuator]:
         return [fake, real]
+
+
+class MemoryOspf:
+    """Implements ``anycastd.actuators.frr.OspfActuator`` in memory: the routing daemon's
+    configuration as the real module parses it (``frr.Parsed``), changed with the real
+    module's ``render``/``commands`` and read back with its ``published`` (so the twin
+    shares the read-back and ownership rules).
+
+    ``config`` starts as an empty ``router ospf`` (pass ``config=frr.parse(settings, text)``
+    to model an operator's configuration, or a restart that finds anycastd's part there).
+    Test hooks: ``fail_next``, ``writes`` (configuration sessions), ``history`` (each
+    session's commands, in order); assign ``config`` to model a hand edit."""
+
+    def __init__(self, settings: frr.OspfSettings | None = None,
+                 config: frr.Parsed | None = None) -> None:
+        self.settings = settings or frr.OspfSettings()
+        self.config = config if config is not None else frr.Parsed(has_router=True)
+        self.writes = 0
+        self.history: list[list[str]] = []
+        self._failures: list[ActuatorError] = []
+
+    def fail_next(self, error: ActuatorError, count: int = 1) -> None:
+        """The next ``count`` writes fail with ``error`` (and change nothing)."""
+        self._failures.extend([error] * count)
+
+    def observe(self) -> frozenset[OspfRoute]:
+        return frr.published(self.settings, self.config)
+
+    def apply(self, routes: frozenset[OspfRoute]) -> None:
+        s = self.settings
+        before = self.config
+        if s.mode == "apply":
+            if not before.has_router:
+                raise PermanentError(frr.ACTUATOR, f"no '{s.router_line}' in the running "
+                                     "configuration")
+            foreign = frr.foreign_redistribute(s, before)
+            if foreign is not None:
+                raise PermanentError(frr.ACTUATOR, f"'{s.router_line}' already has '{foreign}'")
+        target = frr.parse(s, frr.render(s, routes))
+        cmds = frr.commands(s, before, target)
+        if not cmds:
+            return
+        self.writes += 1
+        if self._failures:
+            raise self._failures.pop(0)
+        self.history.append(cmds)
+        self.config = target
+
+    def settle(self, prefixes: frozenset[str]) -> bool:
+        del prefixes  # the twin's "LSAs" change with its configuration, at once
+        return True

@@ -29,6 +29,7 @@ from anycastd.config.errors import ConfigError, ConfigIssue, ConfigNotFound
 
 if TYPE_CHECKING:
     from anycastd.config.files import load_config, loads
+    from anycastd.config.ospf import OspfGlobal
     from anycastd.config.render import dump, summarize
     from anycastd.config.schema import (
         CHECK_TYPES,
@@ -87,6 +88,7 @@ __all__ = [
     "ListenCheck",
     "MetricsConfig",
     "OspfConfig",
+    "OspfGlobal",
     "OspfMetric",
     "ProcessCheck",
     "RealServer",

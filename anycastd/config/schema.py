@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from anycastd.config.ospf import OspfGlobal
 from anycastd.config.scalars import (
     U32,
     AbsPath,
@@ -640,6 +641,7 @@ class Config(_Model):
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
     bgp: BgpConfig | None = None
+    ospf: OspfGlobal | None = None  # [ospf] (anycastd.config.ospf)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     sources: tuple[Path, ...] = ()
     service_sources: dict[str, Path] = Field(default_factory=dict)
@@ -655,6 +657,7 @@ class Config(_Model):
                 self.api,
                 self.metrics,
                 self.bgp,
+                self.ospf,
                 tuple(sorted(self.services.items())),
                 self.sources,
                 tuple(sorted(self.service_sources.items())),
@@ -662,9 +665,10 @@ class Config(_Model):
         )
 
 
-_SECTIONS: dict[str, type[_Model]] = {
+_SECTIONS: dict[str, type[BaseModel]] = {
     "global": GlobalConfig,
     "api": ApiConfig,
     "metrics": MetricsConfig,
     "bgp": BgpConfig,
+    "ospf": OspfGlobal,
 }

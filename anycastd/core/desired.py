@@ -16,6 +16,11 @@ DOWN           none                           idle                       none
 DISABLED       none                           no virtual service         none
 =============  =============================  =========================  ==============
 
+OSPF. Whether a state publishes at all is the state's ``announce`` (the ``bgp.<state>``
+table, with or without ``[bgp]``): one decision drives the address, IPVS, BGP and OSPF. A
+prefix with an owner that has ``[ospf]`` is published into OSPF with that owner's metric for
+its state (``ospf_route``); its demote (``ospf_demote``) is the draining metric.
+
 ``announce = false`` in a state's attributes means no route in that state. *Live* weights:
 a healthy real server gets its configured weight; a failing one weight 0
 (``on_backend_fail = "weight0"``) or no entry (``"remove"``). *Idle*: every real server at
@@ -74,7 +79,15 @@ from anycastd.core.health import ServiceState
 from anycastd.core.policyroute import ServicePolicy
 from anycastd.core.policyroute import from_config as policies_from_config
 from anycastd.core.realserver import NodeNeeds, needs
-from anycastd.model import Attributes, HostAddress, RealServer, Route, ServiceSpec, VirtualService
+from anycastd.model import (
+    Attributes,
+    HostAddress,
+    OspfRoute,
+    RealServer,
+    Route,
+    ServiceSpec,
+    VirtualService,
+)
 
 __all__ = [
     "Desired",
@@ -185,6 +198,10 @@ class PrefixIntent:
     wanted: bool = False
     #: owners that do not fail: a take-down may drain only through them
     drainers: tuple[str, ...] = ()
+    #: the OSPF publication now (None: not published through OSPF) and while draining
+    #: before a removal (the draining metric; None: removed without a worse metric first)
+    ospf_route: OspfRoute | None = None
+    ospf_demote: OspfRoute | None = None
 
     @property
     def planned(self) -> bool:
@@ -242,6 +259,11 @@ class Desired:
         return frozenset(
             r for p in self.prefixes for r in (p.route, p.demote) if r is not None
         )
+
+    @property
+    def ospf_routes(self) -> frozenset[OspfRoute]:
+        """Every OSPF publication this node should hold (before ordering and gating)."""
+        return frozenset(p.ospf_route for p in self.prefixes if p.ospf_route is not None)
 
     @property
     def ospf_statics(self) -> dict[str, int]:
@@ -458,6 +480,15 @@ def _prefix_intent(
         for s in owners
     )
     metric_owner = best or owners[0]
+    # OSPF: the best announcing owner that publishes through OSPF; the demote comes from
+    # the first owner by name with [ospf] whose draining state announces (as for BGP)
+    ospf_best = min((s for s in announcing if s.ospf is not None),
+                    key=lambda s: _RANK[intents[s.name].state], default=None)
+    ospf_metric = (_ospf_metric(ospf_best, intents[ospf_best.name].state)
+                   if ospf_best is not None else None)
+    ospf_demoter = next(
+        (s for s in owners if s.ospf is not None and s.bgp.draining.announce), None
+    )
     return PrefixIntent(
         prefix=prefix,
         owners=tuple(s.name for s in owners),
@@ -474,6 +505,9 @@ def _prefix_intent(
         wanted=best is not None,
         # a shared prefix drains only through an owner that can still serve it
         drainers=tuple(s.name for s in owners if not intents[s.name].failing),
+        ospf_route=OspfRoute(prefix, ospf_metric) if ospf_metric is not None else None,
+        ospf_demote=(OspfRoute(prefix, ospf_demoter.ospf.metric.draining)
+                     if ospf_demoter is not None and ospf_demoter.ospf is not None else None),
     )
 
 

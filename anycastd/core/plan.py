@@ -4,22 +4,30 @@ Rule: pure. No I/O, no clock, no await. Time (monotonic seconds) and observation
 arguments; the result is a new :class:`ControllerState`, the steps to run in order, and the
 time at which to plan again if nothing else happens.
 
+OSPF rides along with BGP: a prefix is *published* when the speaker announces it or the OSPF
+actuator publishes it (``Observed.ospf``); every rule below about "announced" applies to
+either channel, and an ``OspfStep`` (the whole OSPF route set at that point) follows each
+``BgpStep`` position: step 1b after the BGP withdrawals and demotions (a worse metric while
+draining, or the route removed), step 5b after the new announcements.
+
 Theory of operation
 -------------------
 Each pass diffs :class:`~anycastd.core.desired.Desired` against :class:`Observed` (read back
-from the kernel and the speaker) and returns at most eight steps, always in this order::
+from the kernel and the speaker) and returns at most ten steps, always in this order::
 
-    1. BgpStep      withdrawals and demotions (routes that stay keep what they have)
-    2. LoopbackStep address adds
-    2b. PolicyStep  policy routes and rules added (core.policyroute)
-    3. IpvsStep     virtual services and real servers (adds, weights, deletes)
-    4. LoopbackStep address removes
-    4b. PolicyStep  policy rules and routes removed
-    5. BgpStep      new announcements and attribute changes
-    6. NodeStep     what the real-server role needs (links, sysctls; core.realserver). A
-                    backend's VIP is added only by a pass that observed them in place
-                    (``held_back``), so it never goes on ``lo`` while the node would answer
-                    ARP for it; last, so a failure here holds back nothing else
+    1.  BgpStep      withdrawals and demotions (routes that stay keep what they have)
+    1b. OspfStep     the same for OSPF: removals and draining metrics
+    2.  LoopbackStep address adds
+    2b. PolicyStep   policy routes and rules added (core.policyroute)
+    3.  IpvsStep     virtual services and real servers (adds, weights, deletes)
+    4.  LoopbackStep address removes
+    4b. PolicyStep   policy rules and routes removed
+    5.  BgpStep      new announcements and attribute changes
+    5b. OspfStep     new OSPF routes and metric changes
+    6.  NodeStep     what the real-server role needs (links, sysctls; core.realserver). A
+                     backend's VIP is added only by a pass that observed them in place
+                     (``held_back``), so it never goes on ``lo`` while the node would answer
+                     ARP for it; last, so a failure here holds back nothing else
 
 A step is one actuator's batch; a ``BgpStep`` carries the WHOLE route set the speaker should
 hold at that point (the speaker sends only the difference). Empty steps are left out, so a
@@ -89,7 +97,7 @@ The executor (the asyncio shell) drives it like this::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -111,6 +119,7 @@ from anycastd.model import (
     IpvsAction,
     IpvsObserved,
     LoopbackObserved,
+    OspfRoute,
     RealServer,
     Route,
     ServiceSpec,
@@ -124,6 +133,7 @@ __all__ = [
     "LoopbackStep",
     "NodeStep",
     "Observed",
+    "OspfStep",
     "Phase",
     "Plan",
     "PolicyStep",
@@ -165,6 +175,8 @@ class Observed:
     node: NodeObserved | None = None
     #: anycastd's policy rules and their tables' routes (None: not read)
     policy: PolicyObserved | None = None
+    #: the OSPF routes the routing daemon publishes for anycastd (read back)
+    ospf: frozenset[OspfRoute] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -194,7 +206,14 @@ class BgpStep:
     routes: frozenset[Route]
 
 
-Step: TypeAlias = NodeStep | LoopbackStep | PolicyStep | IpvsStep | BgpStep
+@dataclass(frozen=True)
+class OspfStep:
+    """The whole OSPF route set the routing daemon should publish at this point."""
+
+    routes: frozenset[OspfRoute]
+
+
+Step: TypeAlias = NodeStep | LoopbackStep | PolicyStep | IpvsStep | BgpStep | OspfStep
 
 
 @dataclass(frozen=True)
@@ -324,6 +343,8 @@ class _Pass:
     """Scratch space of one pass (never leaves ``plan``)."""
 
     bgp1: dict[str, frozenset[Route]] = field(default_factory=dict)
+    ospf1: dict[str, OspfRoute] = field(default_factory=dict)
+    ospf_targets: dict[str, OspfRoute | None] = field(default_factory=dict)
     #: prefixes the state wants served -> the route to announce (None: no BGP)
     targets: dict[str, Route | None] = field(default_factory=dict)
     #: announced prefixes kept up across a virtual service replaced in this pass
@@ -338,6 +359,7 @@ def _take_down(
     p: _Pass,
     intent: PrefixIntent | None,
     have: frozenset[Route],
+    ohave: OspfRoute | None,
     since: float | None,
     *,
     policy_withdraw: bool,
@@ -347,18 +369,25 @@ def _take_down(
     drain_connections: int,
     connection_poll: float,
 ) -> None:
-    """An announced prefix nobody wants announced: demote and wait, or withdraw."""
-    if intent is None or intent.demote is None or intent.drain_time <= 0:
+    """An announced prefix nobody wants announced: demote and wait, or withdraw.
+
+    Each channel demotes only what it publishes: BGP to the demote route, OSPF to the
+    draining metric; a published channel without a demote is withdrawn at once."""
+    if intent is None or intent.drain_time <= 0:
         return  # withdraw now (not in bgp1)
+    bgp_demote = frozenset({intent.demote}) if have and intent.demote is not None else None
+    ospf_demote = intent.ospf_demote if ohave is not None else None
+    if bgp_demote is None and ospf_demote is None:
+        return
     if not intent.planned:
         return  # a failure: most peers ignore 65535:0, so only a withdraw moves traffic
     if policy_withdraw or not observed_ok:
         return
-    if since is None and have != frozenset({intent.demote}):
+    at_demote = have == (bgp_demote or frozenset()) and ohave == ospf_demote
+    if since is None and not at_demote:
         # The drain's clock starts once the demote is observed at the speaker: a demote
         # that failed to go out (relay down) must not count as time the peers had to move.
-        p.bgp1[intent.prefix] = frozenset({intent.demote})
-        p.draining.add(intent.prefix)
+        _demote(p, intent.prefix, bgp_demote, ospf_demote)
         return
     start = now if since is None else since
     p.drains[intent.prefix] = start  # kept until the withdraw is observed
@@ -366,16 +395,25 @@ def _take_down(
     quiet = (
         bool(intent.virtual_services)
         and now >= start + connection_poll  # the peers saw the demote for a while
-        and have == frozenset({intent.demote})
+        and at_demote
         and _active_connections(intent, observed.ipvs) <= drain_connections
     )
     if now >= end or quiet:
         return
-    p.bgp1[intent.prefix] = frozenset({intent.demote})
-    p.draining.add(intent.prefix)
+    _demote(p, intent.prefix, bgp_demote, ospf_demote)
     p.wakeups.append(end)
     if intent.virtual_services:
         p.wakeups.append(now + connection_poll)
+
+
+def _demote(
+    p: _Pass, prefix: str, bgp: frozenset[Route] | None, ospf: OspfRoute | None
+) -> None:
+    if bgp is not None:
+        p.bgp1[prefix] = bgp
+    if ospf is not None:
+        p.ospf1[prefix] = ospf
+    p.draining.add(prefix)
 
 
 def _ipvs_target(
@@ -424,7 +462,7 @@ def _addresses(p: _Pass, desired: Desired, observed: LoopbackObserved) -> set[Ho
         if intent.prefix in p.kept:
             ip = intent.address.ip
             want.update(a.interface for a in observed.addresses if a.owned and a.ip == ip)
-        elif intent.prefix in p.targets or intent.prefix in p.bgp1:
+        elif intent.prefix in p.targets or intent.prefix in p.bgp1 or intent.prefix in p.ospf1:
             want.add(intent.address)
     return want
 
@@ -467,6 +505,9 @@ def plan(
     announced: dict[str, set[Route]] = {}
     for route in observed.announced:
         announced.setdefault(route.prefix, set()).add(route)
+    published: dict[str, OspfRoute] = {}
+    for oroute in sorted(observed.ospf):
+        published.setdefault(oroute.prefix, oroute)
     intents = {i.prefix: i for i in desired.prefixes}
     ips = _present_ips(observed.loopback)
     counts = _observed_counter(observed.ipvs)
@@ -477,34 +518,37 @@ def plan(
     drains = dict(state.drains)
     p = _Pass()
 
-    for prefix in sorted(intents.keys() | announced.keys()):
+    for prefix in sorted(intents.keys() | announced.keys() | published.keys()):
         intent = intents.get(prefix)
         have = frozenset(announced.get(prefix, ()))
+        ohave = published.get(prefix)
+        is_up = bool(have) or ohave is not None
         if (
             shutdown and not fail_closed and intent is not None and intent.shutdown == "keep"
             # keep never holds up a service that fails or cannot be served (address, link)
             and _gate(intent, intent.drainers, ips, counts)
         ):
             p.kept.add(prefix)
-            if have:
-                p.bgp1[prefix] = have
+            _hold(p, prefix, have, ohave)
             continue
         observed_ok = intent is not None and _gate(intent, _gate_owners(intent), ips, counts)
         if intent is not None and intent.wanted and not shutdown:
             p.targets[prefix] = intent.route
-            if have and observed_ok:
-                p.bgp1[prefix] = have  # stays announced; attributes change in step 5
-            elif have and _gate(intent, _gate_owners(intent), ips, moved):
+            p.ospf_targets[prefix] = intent.ospf_route
+            if is_up and observed_ok:
+                _hold(p, prefix, have, ohave)  # stays announced; attributes change in step 5
+            elif is_up and _gate(intent, _gate_owners(intent), ips, moved):
                 # its virtual service is being replaced (make-before-break): it stays,
                 # if the new one serves it once the IPVS step has run (checked below)
-                p.bgp1[prefix] = have
+                _hold(p, prefix, have, ohave)
                 p.moving.add(prefix)
             continue  # not announced, or announced but broken: (re)announced in step 5
-        if have:
+        if is_up:
             _take_down(
                 p,
                 intent,
                 have,
+                ohave,
                 drains.get(prefix),
                 policy_withdraw=fail_closed or (
                     shutdown and intent is not None and intent.shutdown == "withdraw"
@@ -522,7 +566,8 @@ def plan(
     for prefix in p.moving:
         intent = intents[prefix]
         if not _gate(intent, intent.announcing, ips, after):
-            del p.bgp1[prefix]  # the replacement would not serve it: withdraw first
+            p.bgp1.pop(prefix, None)  # the replacement would not serve it: withdraw first
+            p.ospf1.pop(prefix, None)
     ipvs_actions = _capacity_first(
         diff_ipvs(specs, observed.ipvs, observed.ipvs_owned - held)
     )
@@ -543,13 +588,23 @@ def plan(
         intent = intents[prefix]
         if target is not None and _gate(intent, intent.announcing, ips_after, after):
             final[prefix] = frozenset({target})
+    final_ospf = dict(p.ospf1)
+    for prefix, otarget in p.ospf_targets.items():
+        intent = intents[prefix]
+        if otarget is not None and _gate(intent, intent.announcing, ips_after, after):
+            final_ospf[prefix] = otarget
 
     before = frozenset(observed.announced)
     set1 = _union(p.bgp1.values())
     set2 = _union(final.values())
+    ospf_before = frozenset(observed.ospf)
+    ospf1 = frozenset(p.ospf1.values())
+    ospf2 = frozenset(final_ospf.values())
     steps: list[Step] = []
     if set1 != before:
         steps.append(BgpStep(set1))
+    if ospf1 != ospf_before:
+        steps.append(OspfStep(ospf1))
     if lo_first:
         steps.append(LoopbackStep(tuple(lo_first)))
     policy = _policy(p, desired, observed)
@@ -563,15 +618,19 @@ def plan(
         steps.append(PolicyStep(policy.removes))
     if set2 != set1:
         steps.append(BgpStep(set2))
+    if ospf2 != ospf1:
+        steps.append(OspfStep(ospf2))
     # last, so a node that cannot be set up holds back nothing else; at shutdown nothing is
     # set up any more (and nothing of the role is ever undone)
     node_actions = diff_node(desired.node, observed.node) if desired.node and not shutdown else ()
     if node_actions:
         steps.append(NodeStep(node_actions))
 
+    up_now = announced.keys() | published.keys()
+    up_after = final.keys() | final_ospf.keys()
     phases: list[tuple[str, Phase]] = []
-    for prefix in sorted(intents.keys() | announced.keys()):
-        phases.append((prefix, _phase(prefix, p, announced, final)))
+    for prefix in sorted(intents.keys() | up_now):
+        phases.append((prefix, _phase(prefix, p, up_now, up_after)))
     return Plan(
         state=ControllerState(tuple(sorted(p.drains.items()))),
         steps=tuple(steps),
@@ -581,11 +640,19 @@ def plan(
     )
 
 
+def _hold(p: _Pass, prefix: str, have: frozenset[Route], ohave: OspfRoute | None) -> None:
+    """Keep what is published as it is through steps 1-4."""
+    if have:
+        p.bgp1[prefix] = have
+    if ohave is not None:
+        p.ospf1[prefix] = ohave
+
+
 def _phase(
     prefix: str,
     p: _Pass,
-    announced: Mapping[str, set[Route]],
-    final: Mapping[str, frozenset[Route]],
+    announced: Collection[str],
+    final: Collection[str],
 ) -> Phase:
     if prefix in p.kept:
         return "kept"
@@ -593,6 +660,7 @@ def _phase(
         return "draining"
     if prefix in announced:
         return "announced" if prefix in final else "withdrawing"
-    if prefix in p.targets and p.targets[prefix] is None:
-        return "serving"  # wanted, and nothing to announce it with (no [bgp])
+    if (prefix in p.targets and p.targets[prefix] is None
+            and p.ospf_targets.get(prefix) is None):
+        return "serving"  # wanted, and nothing to announce it with (no [bgp], no [ospf])
     return "announcing" if prefix in final else "withdrawn"

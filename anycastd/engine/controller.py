@@ -26,10 +26,11 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from anycastd.actuators.frr import OspfActuator
 from anycastd.actuators.ipvs import IpvsActuator
 from anycastd.actuators.loopback import LoopbackActuator
 from anycastd.actuators.policyroute import PolicyRouteActuator
@@ -45,6 +46,7 @@ from anycastd.core.plan import (
     LoopbackStep,
     NodeStep,
     Observed,
+    OspfStep,
     Plan,
     PolicyStep,
     Step,
@@ -61,6 +63,7 @@ from anycastd.model import (
     BgpSettings,
     IpvsObserved,
     LoopbackObserved,
+    OspfRoute,
     Route,
     VirtualService,
 )
@@ -127,6 +130,7 @@ class Controller:
         causes: CauseBook | None = None,
         node: RealServerActuator | None = None,
         policy: PolicyRouteActuator | None = None,
+        ospf: OspfActuator | None = None,
     ) -> None:
         self.config = config
         self.node = node  # the real-server role's links and sysctls (core.realserver)
@@ -134,6 +138,7 @@ class Controller:
         self.loopback = loopback
         self.ipvs = ipvs
         self.speaker = speaker
+        self.ospf = ospf
         self.bgp_settings = bgp_settings
         self._states = states
         self._rs_up = real_servers_up
@@ -170,6 +175,7 @@ class Controller:
         # observation, then each BgpStep's set (a pass may withdraw, then announce again)
         self._held: frozenset[Route] = frozenset()
         self._converged = False  # the pass in progress ended with nothing left to do
+        self._held_ospf: frozenset[OspfRoute] = frozenset()  # the same for OSPF
 
     # ---- inputs
 
@@ -207,8 +213,11 @@ class Controller:
         policy = None
         if self.policy is not None:
             policy = await self._in_thread(self.policy.observe, tables(desired.policy))
+        ospf: frozenset[OspfRoute] = frozenset()
+        if self.ospf is not None:
+            ospf = await self._in_thread(self.ospf.observe)
         return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned,
-                        node=node, policy=policy)
+                        node=node, policy=policy, ospf=ospf)
 
     def desired(self) -> Desired:
         return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
@@ -273,11 +282,12 @@ class Controller:
                 return result
             self._held = observed.announced
             self._owners = Owners(desired)
+            self._held_ospf = observed.ospf
             try:
                 for i, step in enumerate(result.steps):
                     if pokes != self._pokes and not self._still_wanted(step):
                         break  # health moved under this pass: plan again from scratch
-                    withdrew = await self._execute(step)
+                    withdrew = await self._execute(step, result.steps[i + 1:])
                     if withdrew and self.withdraw_settle > 0 and any(
                         not isinstance(later, BgpStep) for later in result.steps[i + 1:]
                     ):
@@ -300,6 +310,8 @@ class Controller:
         announce, health is read again: a route the step adds or changes must be one the
         current state announces, or the demote of a prefix already held. Withdrawals and
         kernel steps are always let through (they only make the node safer or serve)."""
+        if isinstance(step, OspfStep):
+            return self._ospf_still_wanted(step)
         if not isinstance(step, BgpStep):
             return True
         new = step.routes - self._held
@@ -323,7 +335,55 @@ class Controller:
         """The ``service`` and ``cause`` fields of an action event (``engine.causes``)."""
         return {"service": service_field(owners), "cause": self.causes.cause(owners, drift)}
 
-    async def _execute(self, step: Step) -> bool:
+    def _ospf_still_wanted(self, step: OspfStep) -> bool:
+        """``_still_wanted`` for OSPF: a new route or metric must be what the current health
+        publishes, or the draining metric of a prefix already published."""
+        new = step.routes - self._held_ospf
+        if not new:
+            return True
+        now = self.desired()
+        wanted = now.ospf_routes
+        held = {r.prefix for r in self._held_ospf}
+        for route in new:
+            if route in wanted:
+                continue
+            intent = now.prefix(route.prefix)
+            if intent is not None and route.prefix in held and route == intent.ospf_demote:
+                continue
+            event(log, "announce_deferred", prefix=route.prefix, protocol="ospf",
+                  detail="health changed during the pass; planning again")
+            return False
+        return True
+
+    async def _execute_ospf(self, step: OspfStep, later: Sequence[Step]) -> None:
+        if self.ospf is None:  # a reload that adds the first [ospf] service is refused
+            raise PermanentError("frr", "no OSPF actuator ([ospf] was not configured at "
+                                 "start; restart anycastd)")
+        before = {r.prefix: r for r in self._held_ospf}
+        await self._in_thread(self.ospf.apply, step.routes)
+        who = self._owners
+        for route in sorted(step.routes - self._held_ospf):
+            update = route.prefix in before
+            event(log, "ospf_update" if update else "ospf_publish", prefix=route.prefix,
+                  metric=route.metric,
+                  **self._why(who.prefix(route.prefix), "metric differs from the state's"
+                              if update else "route missing at the routing daemon"))
+        removed = frozenset(before.keys() - {r.prefix for r in step.routes})
+        for prefix in sorted(removed):
+            event(log, "ospf_withdraw", prefix=prefix,
+                  **self._why(who.prefix(prefix), "route published but not wanted"))
+        self._held_ospf = step.routes
+        self._count("frr", 1)
+        # like BGP's withdraw settle: the LSA goes before IPVS and the address do (bounded
+        # by [ospf] withdraw_wait: with FRR's default LSA timers a route-map change reaches
+        # the LSA only after ~5 s, and the address removal flushes it)
+        kernel_next = any(isinstance(s, LoopbackStep | IpvsStep) for s in later)
+        if removed and kernel_next and not await self._in_thread(self.ospf.settle, removed):
+            event(log, "ospf_withdraw_slow", prefixes=sorted(removed),
+                  detail="the LSA outlived [ospf] withdraw_wait; removing the address "
+                  "flushes it")
+
+    async def _execute(self, step: Step, later: Sequence[Step] = ()) -> bool:
         """Run one step; True when it was a BgpStep that withdrew a prefix."""
         who = self._owners
         if isinstance(step, BgpStep):
@@ -377,6 +437,8 @@ class Controller:
                 event(log, "ipvs", action=repr(ia),
                       **self._why(who.virtual(ia), "IPVS table differs"))
             self._count("ipvs", len(step.actions))
+        elif isinstance(step, OspfStep):
+            await self._execute_ospf(step, later)
         return False
 
     async def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -409,7 +471,7 @@ class Controller:
     def _export(self, desired: Desired, observed: Observed) -> None:
         if self.metrics is None:
             return
-        announced = {r.prefix for r in observed.announced}
+        announced = {r.prefix for r in observed.announced} | {r.prefix for r in observed.ospf}
         for svc in desired.services:
             self.metrics.set_announced(
                 svc.name, [p for p in svc.prefixes if p in announced], configured=svc.prefixes

@@ -358,11 +358,6 @@ class Daemon:
         if not world.dry_run:
             self._sysctls()
         self.flags.load(dry_run=world.dry_run)
-        ospf = sorted(n for n, s in self.config.services.items() if s.ospf is not None)
-        if ospf:
-            event(log, "ospf_not_implemented", level=logging.WARNING, services=ospf,
-                  detail="[services.*.ospf] is validated but no FRR configuration is rendered "
-                  "in this version")
         self.controller = Controller(
             self.config,
             loopback=world.loopback,
@@ -378,6 +373,7 @@ class Daemon:
             causes=self.causes,
             node=world.node,
             policy=world.policy,
+            ospf=world.ospf,
         )
         freeze_heap()
         try:

@@ -34,7 +34,7 @@ from anycastd.engine.backends import Backends
 from anycastd.engine.flags import ApiFlags
 from anycastd.engine.probes import check_spec
 from anycastd.engine.scheduler import CheckSpec
-from anycastd.engine.world import bgp_settings
+from anycastd.engine.world import bgp_settings, ospf_settings
 from anycastd.errors import ActuatorError
 from anycastd.observe.logs import event
 
@@ -162,6 +162,12 @@ async def reload(daemon: Daemon) -> None:
         _reject(daemon, path, 1, "the first [real_server] or [policy_routing] service needs "
                 "a restart")
         return
+    ospf = ospf_settings(new)
+    if ospf is not None and world is not None and world.ospf is None:
+        _reject(daemon, path, 1, "the first [ospf] service needs a restart")
+        return
+    if ospf is not None and world is not None and world.ospf is not None:
+        world.ospf.settings = ospf  # the planner withdraws what the new config drops
     # a world without BGP settings (no [bgp], or a dry run: NullSpeaker) has none to update
     if world is not None and world.bgp_settings is not None and new.bgp:
         settings = bgp_settings(new.bgp)

@@ -36,17 +36,18 @@ def daemon_status(
     if config.bgp is not None:
         extra["bgp"] = peers.section(now)
     ctl = controller
-    method = published(config, world)
-    if method == "none":
-        # nothing speaks for this node: whatever the controller remembers, it is not
-        # announced anywhere
-        announced = {name: [] for name in config.services}
-    elif ctl is not None and ctl.last_observed is not None:
-        routes = {r.prefix for r in ctl.last_observed.announced}
+    methods = {name: published(config, world, name) for name in config.services}
+    if ctl is not None and ctl.last_observed is not None:
+        obs = ctl.last_observed
+        routes = {r.prefix for r in obs.announced} | {r.prefix for r in obs.ospf}
         announced = {
             name: sorted(str(p) for p in svc.prefixes if str(p) in routes)
             for name, svc in config.services.items()
         }
+    if all(m == "none" for m in methods.values()):
+        # nothing speaks for this node: whatever the controller remembers, it is not
+        # announced anywhere
+        announced = {name: [] for name in config.services}
     if ctl is not None and ctl.last_plan is not None and ctl.last_observed is not None:
         extra["prefixes"] = dict(ctl.last_plan.phases)
     if sysctl_drift:
@@ -58,13 +59,17 @@ def daemon_status(
     return build_status(
         config.global_.node, time.time(), services, now,
         extra, announced=announced,
-        published=dict.fromkeys(config.services, method),
+        published=methods,
     )
 
 
-def published(config: Config, world: World | None) -> str:
-    """How prefixes reach the network: ``bgp`` with a ``[bgp]`` section (a dry run
-    says ``dry-run``: planned, never sent), else ``none``. OSPF will add ``ospf``."""
-    if config.bgp is None:
+def published(config: Config, world: World | None, service: str | None = None) -> str:
+    """How ``service``'s prefixes reach the network: ``bgp`` with a ``[bgp]`` section,
+    ``ospf`` with its own ``[ospf]`` table, ``bgp+ospf`` with both (a dry run says
+    ``dry-run``: planned, never sent), else ``none``."""
+    svc = config.services.get(service) if service is not None else None
+    parts = [name for name, on in (("bgp", config.bgp is not None),
+                                   ("ospf", svc is not None and svc.ospf is not None)) if on]
+    if not parts:
         return "none"
-    return "dry-run" if world is not None and world.dry_run else "bgp"
+    return "dry-run" if world is not None and world.dry_run else "+".join(parts)

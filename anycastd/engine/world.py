@@ -1,8 +1,9 @@
 """The actuators a daemon drives, built from the config: real ones, or a dry run.
 
 ``build_world`` opens the real ones: the loopback actuator on ``global.interface``, IPVS
-when any service declares it, and the ExaBGP speaker when ``[bgp]`` exists (otherwise a
-null speaker that only remembers the route set). ``dry_run_world`` reads the real interface
+when any service declares it, the ExaBGP speaker when ``[bgp]`` exists (otherwise a
+null speaker that only remembers the route set), and the OSPF actuator (FRR's vtysh, or the
+render file) when a service has ``[ospf]``. ``dry_run_world`` reads the real interface
 once and then works on an in-memory copy: anycastd plans and logs every action as it would,
 and the node is left untouched (``anycastd run --dry-run``, and the demo).
 """
@@ -15,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anycastd.actuators.frr import FrrOspf, OspfActuator, OspfSettings
 from anycastd.actuators.ipvs import IpvsActuator, IpvsNetlink
 from anycastd.actuators.linkwatch import LinkWatcher
 from anycastd.actuators.loopback import LoopbackActuator, NetlinkLoopback
-from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback
+from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback, MemoryOspf
 from anycastd.actuators.policyroute import (
     MemoryPolicyRoute,
     NetlinkPolicyRoute,
@@ -27,7 +29,7 @@ from anycastd.actuators.policyroute import (
 from anycastd.actuators.realserver import KernelRealServer, MemoryRealServer, RealServerActuator
 from anycastd.bgp.protocol import NullSpeaker, PeerState, Speaker
 from anycastd.bgp.speaker import ExabgpSpeaker
-from anycastd.config import BgpConfig, Config
+from anycastd.config import BgpConfig, Config, OspfGlobal
 from anycastd.core.realserver import NodeObserved
 from anycastd.core.realserver import needs as real_server_needs
 from anycastd.errors import ActuatorError, PermanentError, StartupError
@@ -49,6 +51,8 @@ class World:
     node: RealServerActuator | None = None
     #: policy rules and routes (None: no service has [policy_routing])
     policy: PolicyRouteActuator | None = None
+    #: the OSPF actuator when a service has [ospf] (None: no OSPF)
+    ospf: OspfActuator | None = None
 
     def close(self) -> None:
         for close in self.closers:
@@ -99,6 +103,23 @@ def _needs_policy(config: Config) -> bool:
     return any(s.policy_routing is not None for s in config.services.values())
 
 
+def ospf_settings(config: Config) -> OspfSettings | None:
+    """The OSPF actuator's input: ``[ospf]`` (or its defaults) when a service has [ospf]."""
+    services = [s for s in config.services.values() if s.ospf is not None]
+    if not services:
+        return None
+    g = config.ospf or OspfGlobal()
+    metrics = sorted({m for s in services if s.ospf is not None
+                      for m in (s.ospf.metric.up, s.ospf.metric.draining,
+                                s.ospf.metric.maintenance)})
+    return OspfSettings(
+        name=g.name, metrics=tuple(metrics), metric_type=g.metric_type, dialect=g.dialect,
+        mode=g.mode, render_file=g.render_file, vtysh=g.vtysh, pathspace=g.pathspace,
+        instance=g.instance, timeout=g.timeout, withdraw_wait=g.withdraw_wait,
+        vty_dir=g.vty_dir,
+    )
+
+
 def _needs_ipvs(config: Config) -> bool:
     return any(s.ipvs is not None for s in config.services.values())
 
@@ -132,8 +153,10 @@ def build_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> 
     if _needs_policy(config):
         policy = NetlinkPolicyRoute()  # opened on the controller's netlink thread
         closers.append(policy.close)
+    ospf_conf = ospf_settings(config)
     return World(lo, ipvs, speaker, settings, closers,
-                 link_events=lambda: LinkWatcher(g.interface), node=node, policy=policy)
+                 link_events=lambda: LinkWatcher(g.interface), node=node, policy=policy,
+                 ospf=FrrOspf(ospf_conf) if ospf_conf is not None else None)
 
 
 def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -> World:
@@ -160,4 +183,6 @@ def dry_run_world(config: Config, on_peer_change: Callable[[PeerState], None]) -
             {k: v for k, v in found.sysctls.items() if v is not None},
         )
     policy = MemoryPolicyRoute() if _needs_policy(config) else None
-    return World(lo, ipvs, NullSpeaker(), None, dry_run=True, node=node, policy=policy)
+    ospf_conf = ospf_settings(config)
+    return World(lo, ipvs, NullSpeaker(), None, dry_run=True, node=node, policy=policy,
+                 ospf=MemoryOspf(ospf_conf) if ospf_conf is not None else None)
