@@ -221,7 +221,7 @@ class ExabgpSpeaker:
             raise PermanentError(ACTUATOR, str(exc)) from exc
         if settings.mode == "managed":
             await self.validate(settings)
-        self.settings = settings
+        old_hold, self.settings = self.settings.relay_hold, settings
         self._desired = desired
         known = {n.address for n in settings.neighbors}
         # a removed neighbor's routes go with its session; never withdraw through it
@@ -237,6 +237,8 @@ class ExabgpSpeaker:
             )
         if settings.mode == "managed":
             self._supervisor.reload()
+        if self._conn is not None and settings.relay_hold != old_hold:
+            self._tell_hold(self._conn)
         log.info("bgp_settings_updated", extra={"neighbors": sorted(known)})
         self._resync_wanted.set()
 
@@ -280,6 +282,8 @@ class ExabgpSpeaker:
             writer.close()
             return
         conn = ApiConnection(reader, writer, self._on_event, timeout=self.command_timeout)
+        conn.relay_takes_hold = "hold" in hello[3:]
+        self._tell_hold(conn)
         conn.exabgp_pid = exabgp_pid
         old, self._conn = self._conn, conn
         if old is not None:
@@ -322,6 +326,13 @@ class ExabgpSpeaker:
         if up:
             # the session has just (re)started: check what ExaBGP sends it
             self._resync_wanted.set()
+
+    def _tell_hold(self, conn: ApiConnection) -> None:
+        """The relay's dead-man timer (issue 13): if anycastd is gone for ``relay_hold``
+        seconds the relay withdraws what anycastd announced. Relays that predate it do not
+        say "hold" in their hello and are not told (they would pass the line to ExaBGP)."""
+        if conn.relay_takes_hold:
+            conn.notify(f"relay hold {float(self.settings.relay_hold)!r}")
 
     def _exabgp_exited(self) -> None:
         # ExaBGP's RIB died with it: nothing is announced any more
