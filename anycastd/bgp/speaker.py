@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -319,6 +320,12 @@ class ExabgpSpeaker:
             state = str(neighbor["state"])
         except (KeyError, TypeError):
             return
+        if not _is_peer_address(address) or (
+            self.settings.neighbors and address not in self._peers
+        ):
+            # issue 13 (fuzzing): a malformed event, or a neighbor anycastd does not speak to
+            # (the operator's ExaBGP), must not add peers (status, metric labels) without end
+            return
         previous = self._peers.get(address) or PeerState(address=address, name=address)
         up = state == "up"
         reason = str(neighbor.get("reason", ""))
@@ -477,6 +484,14 @@ class ExabgpSpeaker:
         if conn is None or conn.closed.is_set():
             raise TransientError(ACTUATOR, "ExaBGP is not connected; routes are sent on connect")
         return conn
+
+def _is_peer_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
 
 if TYPE_CHECKING:
 
