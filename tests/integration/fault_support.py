@@ -76,6 +76,10 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
           "shutdown = keep)", "SIGTERM, then start again",
           "the managed ExaBGP ends with anycastd: the session closes (withdraw) and the route "
           "comes back with the new ExaBGP -- a flap; see the managed-mode restart section"),
+    Fault("restart-planned-managed-gr", "planned restart, healthy service (managed, "
+          "shutdown = keep, graceful_restart = 5s, the peer a GR helper)",
+          "SIGTERM, then start again", "measured to decide whether graceful restart makes "
+          "a managed restart hitless"),
     Fault("exabgp-sigkill", "managed ExaBGP SIGKILLed once", "`kill -9` ExaBGP",
           "session lost, ExaBGP restarted by anycastd, the route announced again"),
     Fault("exabgp-sigkill-6x", "managed ExaBGP SIGKILLed 6 times within a minute",
@@ -89,8 +93,10 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
     Fault("foreign-address", "the same address added by hand (an operator's) while the "
           "service is down", "`ip addr add` on lo (no anycastd mark), service down",
           "not announced (the service is down) and the operator's address never removed"),
-    Fault("lo-down-up", "the interface taken down and up", "`ip link set lo down; up`",
-          "withdrawn while down (the checks fail too), announced again after up"),
+    Fault("lo-down-up", "the interface taken down for 2 s and up again",
+          "`ip link set lo down`, 2 s, `ip link set lo up`",
+          "withdrawn at once (link watcher), the checks fail meanwhile; announced again "
+          "once they pass (rise)"),
     Fault("peer-restart", "the BGP peer restarted", "stop bgpd, start it again",
           "the route is announced again on the new session"),
     Fault("check-hangs", "an exec check that hangs forever", "the check sleeps forever",
@@ -104,7 +110,7 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
           "the check starts `sleep 300 &` and exits 0", "passes; no child outlives the run"),
     Fault("reload-invalid", "an invalid reload", "break the config file, SIGHUP",
           "rejected (logged with file and key), the old config keeps running: 0 UPDATEs"),
-    Fault("reload-storm", "a reload every 100 ms", "SIGHUP every 100 ms (10 s in CI, 60 s "
+    Fault("reload-storm", "a reload every 100 ms", "SIGHUP every 100 ms (5 s in CI, 60 s "
           "in the full run)", "0 UPDATEs, anycastd keeps running"),
     Fault("state-dir-unwritable", "state_dir cannot be written (flags.json cannot be saved)",
           "flags.json replaced by a directory, then a flag set through the API",
@@ -297,10 +303,10 @@ class FaultRun:
             ip = prefix.split("/", maxsplit=1)[0]
             on_lo = present_intervals(self.topo.monitor.of(ip, since=self.t_inject - 0.5),
                                       self.addr_at_start.get(prefix, True),
-                                      self.t_inject - 0.5, t_end)
+                                      self.t_inject - 0.5, t_end + 3600)
             withdraws = [u.t for u in self.topo.peer.updates(prefix, since=self.t_inject)
                          if u.withdrawn]
-            samples = [s for s in self.sampler.samples if s.t0 >= self.t_inject]
+            samples = [s for s in self.sampler.samples if self.t_inject <= s.t0 <= t_end]
             for s, nxt in zip(samples, [*samples[1:], None], strict=True):
                 if prefix not in s.prefixes or covered(s.t0, s.t1, on_lo):
                     continue

@@ -131,3 +131,30 @@ def test_planned_restart_managed_keep_flaps(topo: Topo) -> None:
     assert absent, "the session closed: the peer lost the route for a while"
     assert row["updates"] >= 1  # the announce on the new session (the loss was the session)
     assert row["announced_without_address_ms"] == 0
+
+
+def test_planned_restart_managed_with_graceful_restart(topo: Topo) -> None:
+    """Measured for the managed-mode restart decision (docs/reliability.md): does BGP
+    graceful restart (5 s, the peer a GR helper) hide the restart from the peer?"""
+    out = topo.peer.frr.vtysh("configure terminal\nrouter bgp 65000\nbgp graceful-restart\n")
+    assert "Unknown" not in out, out
+    svc = Service("web", "192.0.2.65/32", 8135, shutdown="keep")
+    topo.listener(svc.port)
+    conf = topo.write_config([svc])
+    conf.write_text(conf.read_text().replace("[bgp]\n", '[bgp]\ngraceful_restart = "5s"\n', 1))
+    first = topo.anycastd(conf)
+    wait_for(lambda: topo.peer.has(svc.prefix), timeout=40)
+    info = topo.peer.frr.json(f"show bgp neighbors {EDGE_IP} json").get(EDGE_IP, {})
+    assert "gracefulRestartInfo" in info or "gracefulRestart" in str(info)
+    time.sleep(0.5)
+    with fault_run(topo, first, "restart-planned-managed-gr", [svc.prefix]) as run:
+        run.inject()
+        assert first.terminate() == 0
+        second = topo.anycastd(conf)
+        run.daemon = second
+        row = run.settle({svc.prefix: True}, {svc.prefix: True}, timeout=60)
+        absent = [s for s in run.sampler.samples if svc.prefix not in s.prefixes]
+        run.extra["route_absent_ms"] = round(
+            (absent[-1].t1 - absent[0].t0) * 1000 if absent else 0.0)
+        row = run.settle({svc.prefix: True}, {svc.prefix: True}, timeout=60)
+    print(f"\nGR restart: {row}")
