@@ -54,6 +54,8 @@ log = logging.getLogger("anycastd.bgp")
 #: wide margin and costs nothing that matters: the withdraw itself is not delayed, only the
 #: clean-up after it.
 WITHDRAW_SETTLE = 0.05
+#: How often the relay socket's path is checked (removed by hand -> bound again).
+SOCKET_WATCH = 1.0
 
 
 def default_relay_argv() -> list[str]:
@@ -115,6 +117,8 @@ class ExabgpSpeaker:
         }
         self._conn: ApiConnection | None = None
         self._relay_exabgp_pid: int | None = None
+        self._server: asyncio.Server | None = None
+        self._socket_inode: int | None = None
         self._write_lock = asyncio.Lock()
         self._resync_wanted = asyncio.Event()
         self._connected_event = asyncio.Event()
@@ -251,21 +255,54 @@ class ExabgpSpeaker:
                                      "not found")
             await self.validate()
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
-        os.chmod(self.socket_path, self.socket_mode)
+        self._server = await self._serve_socket()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._resync_loop())
+                tg.create_task(self._guarded("socket_watch", self._watch_socket))
                 if self.settings.mode == "managed":
                     tg.create_task(self._guarded("supervise", self._supervisor.run))
         finally:
-            server.close()
+            if self._server is not None:
+                self._server.close()
             if self._conn is not None:
                 self._conn.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+
+    async def _serve_socket(self) -> asyncio.Server:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
+        os.chmod(self.socket_path, self.socket_mode)
+        self._socket_inode = self.socket_path.stat().st_ino
+        return server
+
+    async def _watch_socket(self) -> None:
+        """The relay socket removed or replaced by hand (issue 13: a tmpfiles clean-up, an
+        operator): the connected relay is unaffected, but the next relay (ExaBGP respawns it)
+        could never connect and anycastd could never withdraw again. Checked every
+        ``SOCKET_WATCH`` seconds; a missing or foreign path is bound again."""
+        while True:
+            await asyncio.sleep(SOCKET_WATCH)
+            try:
+                inode: int | None = self.socket_path.stat().st_ino
+            except OSError:
+                inode = None
+            if inode == self._socket_inode:
+                continue
+            log.warning("relay_socket_rebound", extra={"path": str(self.socket_path),
+                                                       "found": "missing" if inode is None
+                                                       else "another file"})
+            old = self._server
+            try:
+                self.runtime_dir.mkdir(parents=True, exist_ok=True)
+                self._server = await self._serve_socket()
+            except OSError as exc:  # tried again on the next tick
+                log.error("relay_socket_bind_failed", extra={"error": str(exc)})  # noqa: TRY400
+                continue
+            if old is not None:
+                old.close()  # stops listening only: the connected relay stays
 
     # -- connection and events --------------------------------------------------------------
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

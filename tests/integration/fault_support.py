@@ -88,6 +88,16 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
     Fault("relay-killed-5x", "the relay SIGKILLed 5 times in 5 s (ExaBGP's respawn budget "
           "is 6 in 64 s)", "`kill -9` the relay (ExaBGP's API process), once a second",
           "ExaBGP respawns it, routes stay: 0 UPDATEs"),
+    Fault("relay-socket-removed", "the relay socket removed, then the relay killed",
+          "`rm <runtime_dir>/exabgp.sock`, 2 s, `kill -9` the relay",
+          "anycastd binds the socket again within 1 s; the new relay connects: 0 UPDATEs"),
+    Fault("session-flapped-by-peer", "the session reset by the peer",
+          "`clear bgp 10.91.0.2` on the peer (a NOTIFICATION)",
+          "ExaBGP reconnects, the route announced again"),
+    Fault("peer-unreachable", "the peer unreachable for longer than the hold time (9 s)",
+          "blackhole routes both ways for 12 s (links stay up)",
+          "both sides expire the session; the route announced again once reachable",
+          ci=False),
     Fault("address-removed", "the service address removed by hand",
           "`ip addr del` on lo", "withdrawn at once, the address restored, announced again"),
     Fault("foreign-address", "the same address added by hand (an operator's) while the "
@@ -108,6 +118,13 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
           "`trap '' TERM; sleep` each run", "killed (SIGKILL) at its timeout: withdrawn"),
     Fault("check-forks", "an exec check that forks a child and exits",
           "the check starts `sleep 300 &` and exits 0", "passes; no child outlives the run"),
+    Fault("check-flaps-1hz", "a check flapping at 1 Hz (damping on: penalty 1000, "
+          "suppress 2000, half-life 60 s)", "the listener closes and reopens every 0.5 s "
+          "(20 s in CI, 5 min in the full run)",
+          "damping holds the route down after a few flaps: UPDATEs stop"),
+    Fault("api-flood-while-flapping", "the API flooded while health flaps",
+          "4 clients GET /status back to back (local) while a service is taken down and up "
+          "every 1.5 s, 8 times", "every transition reaches the peer; API latency bounded"),
     Fault("reload-invalid", "an invalid reload", "break the config file, SIGHUP",
           "rejected (logged with file and key), the old config keeps running: 0 UPDATEs"),
     Fault("reload-storm", "a reload every 100 ms", "SIGHUP every 100 ms (5 s in CI, 60 s "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,11 +27,14 @@ import pytest
 
 from tests.integration.controller_support import (
     API_PORT,
+    EDGE_IP,
+    PEER_IP,
     Anycastd,
     Peer,
     Service,
     Topo,
     lo_addresses,
+    stop_process,
     topology,
     wait_for,
 )
@@ -116,6 +120,24 @@ def test_exabgp_sigkill(node: Node) -> None:
     assert row["announced_without_address_ms"] == 0, row
 
 
+def test_relay_socket_removed(node: Node) -> None:
+    sock = node.topo.tmp / "run" / "exabgp.sock"
+    exabgp = node.exabgp_pid()
+    with fault_run(node.topo, node.daemon, "relay-socket-removed", [WEB.prefix]) as run:
+        run.inject()
+        sock.unlink()
+        line = node.daemon.wait_event("relay_socket_rebound", timeout=10)
+        run.extra["rebound_after_ms"] = round((line.t - run.t_inject) * 1000)
+        time.sleep(max(0.0, 2.0 - (time.time() - run.t_inject)))
+        relay = node.relay_pid(exabgp)
+        os.kill(relay, signal.SIGKILL)
+        wait_for(lambda: node.relay_pid(exabgp) != relay, timeout=10, interval=0.01)
+        wait_for(lambda: len(node.daemon.events("relay_connected")) >= 2, timeout=20)
+        row = run.settle(UP, UP)
+    assert row["updates"] == 0, row
+    assert all(WEB.prefix in s.prefixes for s in run.sampler.samples)
+
+
 def test_exabgp_sigkill_6x(node: Node) -> None:
     if not full_run():
         pytest.skip("a minute of backoff: ANYCASTD_FAULTS_FULL=1")
@@ -141,6 +163,40 @@ def test_peer_restart(node: Node) -> None:
         topo.peer = Peer(topo.router, topo.peer.frr.dir)
         row = run.settle(UP, UP, timeout=60)
     assert row["updates"] >= 1  # the announce on the new session
+    assert row["announced_without_address_ms"] == 0, row
+
+
+def test_session_flapped_by_peer(node: Node) -> None:
+    with fault_run(node.topo, node.daemon, "session-flapped-by-peer", [WEB.prefix]) as run:
+        run.inject()
+        node.topo.peer.frr.vtysh(f"clear bgp {EDGE_IP}")
+        row = run.settle(UP, UP, timeout=60)
+    assert row["updates"] >= 1, row
+    assert row["announced_without_address_ms"] == 0, row
+
+
+def test_peer_unreachable(node: Node) -> None:
+    if not full_run():
+        pytest.skip("the hold time (9 s) and a reconnect: ANYCASTD_FAULTS_FULL=1")
+    topo = node.topo
+    routes = [(topo.router, EDGE_IP), (topo.edge, PEER_IP)]
+    with fault_run(topo, node.daemon, "peer-unreachable", [WEB.prefix]) as run:
+        run.inject()
+        try:
+            for ns, ip in routes:
+                ns.exec(["ip", "route", "add", "blackhole", f"{ip}/32"])
+            wait_for(lambda: WEB.prefix not in (run.sampler.last() or ()), timeout=30,
+                     interval=0.01)
+            run.extra["peer_dropped_route_after_ms"] = round((time.time() - run.t_inject)
+                                                             * 1000)
+            time.sleep(max(0.0, 12.0 - (time.time() - run.t_inject)))
+        finally:
+            for ns, ip in routes:
+                ns.exec(["ip", "route", "del", "blackhole", f"{ip}/32"], check=False)
+        t_back = time.time()
+        wait_for(lambda: WEB.prefix in (run.sampler.last() or ()), timeout=90, interval=0.01)
+        run.extra["announced_after_reachable_ms"] = round((time.time() - t_back) * 1000)
+        row = run.settle(UP, UP, timeout=30)
     assert row["announced_without_address_ms"] == 0, row
 
 
@@ -323,3 +379,106 @@ def test_clock_step_is_not_run() -> None:
     stepping it would step the shared host's clock (a time namespace offsets only
     CLOCK_MONOTONIC and CLOCK_BOOTTIME, which is the very clock anycastd times with)."""
     record(FAULTS["clock-step"], {"not_run": True})
+
+
+# -- flapping health, with and without an API flood -------------------------------------------
+
+FLAPPER = (
+    "import socket,sys,time,signal\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "port, half = int(sys.argv[1]), float(sys.argv[2])\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "    s.bind(('127.0.0.1', port)); s.listen(64); s.settimeout(0.02)\n"
+    "    end = time.monotonic() + half\n"
+    "    while time.monotonic() < end:\n"
+    "        try:\n"
+    "            c, _ = s.accept(); c.close()\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "    s.close(); time.sleep(half)\n"
+)
+
+FLOODER = (
+    "import json,sys,threading,time,urllib.request as u\n"
+    "url, seconds, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])\n"
+    "lat, errors = [], [0]\n"
+    "def run():\n"
+    "    end = time.monotonic() + seconds\n"
+    "    while time.monotonic() < end:\n"
+    "        t = time.perf_counter()\n"
+    "        try:\n"
+    "            u.urlopen(url, timeout=5).read()\n"
+    "            lat.append(time.perf_counter() - t)\n"
+    "        except Exception:\n"
+    "            errors[0] += 1\n"
+    "ts = [threading.Thread(target=run) for _ in range(n)]\n"
+    "[t.start() for t in ts]; [t.join() for t in ts]\n"
+    "lat.sort()\n"
+    "q = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 1)\n"
+    "print(json.dumps({'requests': len(lat), 'errors': errors[0], 'p50_ms': q(0.5),\n"
+    "                  'p99_ms': q(0.99), 'max_ms': round(lat[-1] * 1000, 1)}))\n"
+)
+
+FLAPPY = Service("flappy", "192.0.2.91/32", 8191, shutdown="withdraw",
+                 extra="[services.flappy.damping]\npenalty = 1000\nsuppress = 2000\n"
+                       "reuse = 750\nhalf_life = \"60s\"\nmax_suppress = \"10m\"\n")
+TOGGLED = Service("toggled", "192.0.2.92/32", 8192, shutdown="withdraw")
+
+
+def test_flapping_checks_with_and_without_an_api_flood(tmp_path: Path) -> None:
+    flap_seconds = 300.0 if full_run() else 20.0
+    with topology(tmp_path) as topo, \
+            fault_run(topo, None, "check-flaps-1hz", [FLAPPY.prefix]) as flaps:
+        flapper = topo.edge.popen([sys.executable, "-c", FLAPPER, str(FLAPPY.port), "0.5"],
+                                  stdout=subprocess.PIPE, text=True)
+        topo._things.append(flapper)
+        assert flapper.stdout is not None
+        assert flapper.stdout.readline().strip() == "ready"
+        listener = topo.listener(TOGGLED.port)
+        flaps.inject()
+        flaps.addr_at_start = {FLAPPY.prefix: False}
+        daemon = topo.anycastd(topo.write_config([FLAPPY, TOGGLED]))
+        flaps.daemon = daemon
+        wait_for(lambda: topo.peer.has(TOGGLED.prefix), timeout=40)
+        # -- the API flood while TOGGLED goes down and up every 1.5 s, 8 times
+        with fault_run(topo, daemon, "api-flood-while-flapping", [TOGGLED.prefix]) as run:
+            run.inject()
+            flood = topo.edge.popen([sys.executable, "-c", FLOODER,
+                                     f"http://127.0.0.1:{API_PORT}/status", "13", "4"],
+                                    stdout=subprocess.PIPE, text=True)
+            toggled: list[float] = []
+            for i in range(8):
+                toggled.append(time.time())
+                if i % 2 == 0:
+                    stop_process(listener)
+                else:
+                    listener = topo.listener(TOGGLED.port)
+                time.sleep(1.5)
+            out, _ = flood.communicate(timeout=30)
+            run.extra.update(json.loads(out))
+            updates = topo.peer.updates(TOGGLED.prefix, since=run.t_inject)
+            run.extra["transitions"] = 8
+            # listener stopped/started -> the UPDATE at the peer (includes fall/rise 2 x 200 ms)
+            reaction = sorted(u.t - t for u, t in zip(updates, toggled, strict=False))
+            if reaction:
+                run.extra["transition_to_update_ms_median"] = round(
+                    reaction[len(reaction) // 2] * 1000)
+                run.extra["transition_to_update_ms_max"] = round(reaction[-1] * 1000)
+            row = run.settle({TOGGLED.prefix: True}, {TOGGLED.prefix: True})
+        assert [u.withdrawn for u in updates] == [True, False] * 4, updates
+        assert row["errors"] == 0, row
+        # -- FLAPPY has flapped since the start: damping must hold it down
+        remaining = flap_seconds - (time.time() - flaps.t_inject)
+        if remaining > 0:
+            time.sleep(remaining)
+        ups = topo.peer.updates(FLAPPY.prefix, since=flaps.t_inject)
+        half = flaps.t_inject + flap_seconds / 2
+        flaps.extra["flap_seconds"] = flap_seconds
+        flaps.extra["updates_second_half"] = len([u for u in ups if u.t >= half])
+        flaps.extra["flaps_logged"] = len(daemon.events("flap", service="flappy"))
+        row = flaps.settle({FLAPPY.prefix: False})
+        stop_process(flapper)
+    assert row["updates"] <= 8, row  # two or three flaps, then suppressed
+    assert row["updates_second_half"] == 0, row
