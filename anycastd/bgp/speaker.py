@@ -117,6 +117,9 @@ class ExabgpSpeaker:
         }
         self._conn: ApiConnection | None = None
         self._relay_exabgp_pid: int | None = None
+        # managed mode with graceful restart: neighbors whose session came up and still wait
+        # for our End-of-RIB (sent after the next controller pass: ExaBGP runs manual-eor)
+        self._eor_owed: set[str] = set()
         self._server: asyncio.Server | None = None
         self._socket_inode: int | None = None
         self._write_lock = asyncio.Lock()
@@ -183,6 +186,7 @@ class ExabgpSpeaker:
             self._save_owned()
         async with self._write_lock:
             await self._push()
+            await self._send_eor()
 
     async def resync(self) -> None:
         """Read ``sent`` back from ExaBGP, withdraw what is not desired, call ``on_resync``.
@@ -369,6 +373,8 @@ class ExabgpSpeaker:
         self._set_peer(replace(previous, up=up, state=state, reason=reason))
         if up:
             # the session has just (re)started: check what ExaBGP sends it
+            if self.settings.mode == "managed" and self.settings.graceful_restart:
+                self._eor_owed.add(address)
             self._resync_wanted.set()
 
     def _tell_hold(self, conn: ApiConnection) -> None:
@@ -515,6 +521,20 @@ class ExabgpSpeaker:
                 apply_command(self._sent, command)
         if first_error is not None:
             raise first_error
+
+    async def _send_eor(self) -> None:
+        """End-of-RIB to each neighbor whose session came up since the last controller pass
+        (managed mode with graceful restart): only now are its routes complete, so a
+        graceful-restart helper may drop what is still stale."""
+        if not self._eor_owed:
+            return
+        conn = self._require_conn()
+        families = {n.address: n.effective_families for n in self.settings.neighbors}
+        for address in sorted(self._eor_owed):
+            for family in families.get(address, ()):
+                await conn.command(f"neighbor {address} announce eor {family}")
+            self._eor_owed.discard(address)
+            log.info("bgp_end_of_rib_sent", extra={"peer_address": address})
 
     def _require_conn(self) -> ApiConnection:
         conn = self._conn

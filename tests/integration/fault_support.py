@@ -67,7 +67,7 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
           "`kill -9` the daemon; the operator's ExaBGP and the relay stay",
           "the relay's dead-man timer withdraws after the hold; ExaBGP keeps running"),
     Fault("restart-external-within-hold", "anycastd SIGKILLed and started again within the "
-          "hold (external, relay_hold 5s)", "`kill -9`, start a new anycastd 1 s later",
+          "hold (external, relay_hold 8s)", "`kill -9`, start a new anycastd 1 s later",
           "0 UPDATEs: the new anycastd adopts what ExaBGP holds; the timer is cancelled"),
     Fault("restart-planned-external", "planned restart, healthy service (external, "
           "shutdown = keep)", "SIGTERM, then start again (what `systemctl restart` does)",
@@ -78,8 +78,8 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
           "comes back with the new ExaBGP -- a flap; see the managed-mode restart section"),
     Fault("restart-planned-managed-gr", "planned restart, healthy service (managed, "
           "shutdown = keep, graceful_restart = 5s, the peer a GR helper)",
-          "SIGTERM, then start again", "measured to decide whether graceful restart makes "
-          "a managed restart hitless"),
+          "SIGTERM, then start again", "hitless: the peer keeps the route as stale; the "
+          "new anycastd re-announces it, and only then sends End-of-RIB"),
     Fault("exabgp-sigkill", "managed ExaBGP SIGKILLed once", "`kill -9` ExaBGP",
           "session lost, ExaBGP restarted by anycastd, the route announced again"),
     Fault("exabgp-sigkill-6x", "managed ExaBGP SIGKILLed 6 times within a minute",
@@ -110,7 +110,8 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
     Fault("peer-restart", "the BGP peer restarted", "stop bgpd, start it again",
           "the route is announced again on the new session"),
     Fault("check-hangs", "an exec check that hangs forever", "the check sleeps forever",
-          "killed at its timeout, counted as a failure: withdrawn; anycastd unaffected"),
+          "killed at its timeout, counted as a failure: never announced; anycastd "
+          "unaffected; no process left but the run in progress"),
     Fault("check-spams-stdout", "an exec check that writes megabytes to stdout",
           "`head -c 8M /dev/zero` each run, then exit 0",
           "output bounded, the check passes, the route stays"),
@@ -132,6 +133,9 @@ FAULTS: dict[str, Fault] = {f.id: f for f in [
     Fault("state-dir-unwritable", "state_dir cannot be written (flags.json cannot be saved)",
           "flags.json replaced by a directory, then a flag set through the API",
           "logged, no crash, the flag applied in memory (withdrawn)"),
+    Fault("state-dir-full", "state_dir full (flags.json cannot be written: ENOSPC)",
+          "flags.json's temporary file made a symlink to /dev/full, then a flag set through "
+          "the API", "logged, no crash, the flag applied in memory (withdrawn)"),
     Fault("clock-step", "the wall clock stepped an hour", "NOT RUN",
           "not injected: stepping the clock would step the shared host's clock "
           "(namespaces do not isolate CLOCK_REALTIME); timing uses CLOCK_MONOTONIC only",

@@ -300,6 +300,28 @@ def test_state_dir_unwritable(node: Node) -> None:
     assert row["announced_without_address_ms"] == 0, row
 
 
+def test_state_dir_full(node: Node) -> None:
+    tmp = node.topo.tmp / "state" / "flags.tmp"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to("/dev/full")  # every write of flags.json's temporary file: ENOSPC
+    try:
+        with fault_run(node.topo, node.daemon, "state-dir-full", [WEB.prefix]) as run:
+            run.inject()
+            reply = node.post("/services/web/maintenance", {"on": True})
+            assert reply["on"] is True
+            line = wait_for(lambda: [ln for ln in node.daemon.events("flags_not_saved")
+                                     if "No space" in ln.fields.get("error", "")],
+                            timeout=10)[-1]
+            run.extra["logged"] = str(line.fields.get("error", ""))[:160]
+            row = run.settle({WEB.prefix: False}, timeout=20)
+        node.post("/services/web/maintenance", {"on": False})
+        node.up()
+    finally:
+        tmp.unlink(missing_ok=True)
+    assert row["announced_without_address_ms"] == 0, row
+
+
 # -- misbehaving exec checks, a daemon of their own -------------------------------------------
 
 
