@@ -18,6 +18,13 @@ reload -- the speaker reads the adj-rib-out back, may only WITHDRAW what ``sent`
 just observed the addresses and backends and announces what is right. An unexpected error
 in a background loop is logged CRITICAL and reported (``on_fatal``) while the relay socket
 keeps being served, so the daemon can still withdraw through it (fail closed).
+
+Issue 13 (docs/reliability.md): on every connect the speaker tells the relay its dead-man
+hold (``relay hold SECONDS``, ``[bgp] relay_hold``): a relay left without anycastd that long
+withdraws what anycastd announced. A relay socket removed by hand is bound again within
+``SOCKET_WATCH``. Managed mode with graceful restart: ExaBGP runs ``manual-eor``, and the
+speaker sends End-of-RIB to a neighbor after the first controller pass of its session, so a
+GR helper keeps the stale routes until anycastd has re-announced (a hitless restart).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anycastd.bgp.client import ACTUATOR, ApiConnection
+from anycastd.bgp.client import ACTUATOR, ApiConnection, CommandError
 from anycastd.bgp.commands import apply_command, diff_rib, parse_adj_rib_out, render_config
 from anycastd.bgp.protocol import FatalCallback, PeerCallback, PeerState, ResyncCallback, Speaker
 from anycastd.bgp.supervisor import ExabgpSupervisor
@@ -376,6 +383,8 @@ class ExabgpSpeaker:
             if self.settings.mode == "managed" and self.settings.graceful_restart:
                 self._eor_owed.add(address)
             self._resync_wanted.set()
+        else:
+            self._eor_owed.discard(address)
 
     def _tell_hold(self, conn: ApiConnection) -> None:
         """The relay's dead-man timer (issue 13): if anycastd is gone for ``relay_hold``
@@ -531,16 +540,23 @@ class ExabgpSpeaker:
         conn = self._require_conn()
         families = {n.address: n.effective_families for n in self.settings.neighbors}
         for address in sorted(self._eor_owed):
-            for family in families.get(address, ()):
-                await conn.command(f"neighbor {address} announce eor {family}")
+            try:
+                for family in families.get(address, ()):
+                    await conn.command(f"neighbor {address} announce eor {family}")
+            except CommandError:
+                # ExaBGP answers "error" when the session is not established (any more):
+                # its next "up" owes a new End-of-RIB; the pass itself did not fail
+                log.warning("bgp_end_of_rib_refused", extra={"peer_address": address})
+            else:
+                log.info("bgp_end_of_rib_sent", extra={"peer_address": address})
             self._eor_owed.discard(address)
-            log.info("bgp_end_of_rib_sent", extra={"peer_address": address})
 
     def _require_conn(self) -> ApiConnection:
         conn = self._conn
         if conn is None or conn.closed.is_set():
             raise TransientError(ACTUATOR, "ExaBGP is not connected; routes are sent on connect")
         return conn
+
 
 def _is_peer_address(text: str) -> bool:
     try:
