@@ -27,10 +27,11 @@ Rules, each from a measured ExaBGP behaviour (docs: PLATFORM.md):
   connected the relay counts a *hold* (``--hold``, default :data:`HOLD`; anycastd also tells
   a connected relay its ``[bgp] relay_hold`` in-band with ``relay hold SECONDS``, a line the
   relay keeps for itself). If no anycastd has connected when the hold runs out, the relay
-  withdraws every prefix anycastd announced -- those it saw go by (``announce`` commands)
-  and those in anycastd's record of its own prefixes (``<socket>.owned``, external mode), so
-  a relay respawned meanwhile still knows them -- and stays alive for ExaBGP (whose other
-  routes, e.g. static ones in its config, are left alone). anycastd coming back within the
+  withdraws every prefix anycastd announced -- those it saw go by (``announce`` commands),
+  from the neighbors they went to, and those in anycastd's record of its own prefixes
+  (``<socket>.owned``, external mode) that it never saw (a relay respawned meanwhile), from
+  every neighbor -- and stays alive for ExaBGP (whose other routes, e.g. static ones in its
+  config, are left alone). anycastd coming back within the
   hold changes nothing at the peers: it reads the adj-rib-out back and adopts it. The
   withdraw answers are nobody's: the next connection is put behind a barrier first.
 
@@ -119,6 +120,9 @@ class Relay:
         self._away_since: float | None = time.monotonic()
         self._fired = False
         self._announced: set[tuple[str, str]] = set()
+        # prefixes that went through this relay at all: an owned prefix seen here and not in
+        # _announced was withdrawn by anycastd, and is not withdrawn again from every peer
+        self._seen: set[str] = set()
         self.withdrawn_by_hold = 0  # prefixes withdrawn when the hold ran out (for tests)
 
     # -- ExaBGP -> anycastd -------------------------------------------------------------
@@ -300,6 +304,7 @@ class Relay:
             return
         verb, neighbors, prefixes = parsed
         with self._lock:
+            self._seen.update(prefixes)
             for prefix in prefixes:
                 if verb == "announce":
                     self._announced.update((n, prefix) for n in neighbors)
@@ -323,7 +328,15 @@ class Relay:
                     else:
                         self._changed.wait()
                 self._fired = True
-                prefixes = {p for _, p in self._announced} | self._owned_prefixes()
+                # what anycastd announced through this relay, from the peers it went to; what
+                # anycastd's record names and this relay never saw (it was respawned), from
+                # every peer
+                targets: dict[str, set[str]] = {}
+                for neighbor, prefix in self._announced:
+                    targets.setdefault(prefix, set()).add(neighbor)
+                for prefix in self._owned_prefixes() - self._seen:
+                    targets.setdefault(prefix, set()).add("*")
+                prefixes = set(targets)
                 self._announced = set()
                 if prefixes:
                     # the answers to these are nobody's: the next connection waits for a
@@ -334,7 +347,7 @@ class Relay:
                 away = time.monotonic() - (self._away_since or time.monotonic())
             if prefixes:
                 with self._out:
-                    for command in withdraw_commands(prefixes):
+                    for command in withdraw_commands(targets):
                         stdout.write(command)
                     stdout.flush()
             self.withdrawn_by_hold += len(prefixes)
@@ -389,17 +402,22 @@ def parse_route_command(line: bytes) -> tuple[str, list[str], list[str]] | None:
     return verb, neighbors or ["*"], prefixes
 
 
-def withdraw_commands(prefixes: typing.Iterable[str]) -> list[bytes]:
-    """Withdraw ``prefixes`` from every neighbor, packed per family."""
+def withdraw_commands(targets: typing.Mapping[str, typing.Collection[str]]) -> list[bytes]:
+    """Withdraw each prefix from its neighbors (``"*"``: from every neighbor), packed per
+    family and neighbor set."""
+    groups: dict[tuple[bool, tuple[str, ...]], list[str]] = {}
+    for prefix, neighbors in targets.items():
+        peers = () if "*" in neighbors else tuple(sorted(neighbors))
+        groups.setdefault((":" in prefix, peers), []).append(prefix)
     out: list[bytes] = []
-    for v6 in (False, True):
-        family = sorted(p for p in prefixes if (":" in p) == v6)
+    for (_v6, peers), prefixes in sorted(groups.items()):
+        selector = "".join(f"neighbor {p}, " for p in peers)[:-2] + " " if peers else ""
+        family = sorted(prefixes)
         for start in range(0, len(family), _WITHDRAW_CHUNK):
             part = family[start:start + _WITHDRAW_CHUNK]
-            out.append(
-                b"withdraw route %s\n" % part[0].encode() if len(part) == 1 else
-                b"withdraw attributes next-hop self nlri %s\n" % " ".join(part).encode()
-            )
+            verb = (f"withdraw route {part[0]}" if len(part) == 1 else
+                    f"withdraw attributes next-hop self nlri {' '.join(part)}")
+            out.append(f"{selector}{verb}\n".encode())
     return out
 
 

@@ -46,12 +46,17 @@ def test_route_commands_are_parsed_as_anycastd_writes_them(
     assert parse_route_command(line) == parsed
 
 
-def test_withdraws_are_packed_per_family() -> None:
-    assert withdraw_commands(["192.0.2.1/32", "2001:db8::1/128", "192.0.2.2/32"]) == [
+def test_withdraws_are_packed_per_family_and_neighbor_set() -> None:
+    assert withdraw_commands({
+        "192.0.2.1/32": {"*"}, "2001:db8::1/128": {"*"}, "192.0.2.2/32": {"*", "10.0.0.1"},
+        "192.0.2.3/32": {"10.0.0.2", "10.0.0.1"}, "192.0.2.4/32": {"10.0.0.1", "10.0.0.2"},
+    }) == [
         b"withdraw attributes next-hop self nlri 192.0.2.1/32 192.0.2.2/32\n",
+        b"neighbor 10.0.0.1, neighbor 10.0.0.2 withdraw attributes next-hop self nlri "
+        b"192.0.2.3/32 192.0.2.4/32\n",
         b"withdraw route 2001:db8::1/128\n",
     ]
-    assert withdraw_commands([]) == []
+    assert withdraw_commands({}) == []
 
 
 class FakeExabgp:
@@ -151,6 +156,10 @@ def announce_through(conn: socket.socket, relay: FakeExabgp, command: bytes,
 def test_anycastd_gone_for_the_hold_gets_its_routes_withdrawn(
     tmp_path: Path, server: Anycastd,
 ) -> None:
+    # anycastd's record names all three; 192.0.2.2/32 went through this relay and was
+    # withdrawn: it is not withdrawn again (from every neighbor: the operator's routes)
+    Path(f"{tmp_path / 's.sock'}.owned").write_text(
+        json.dumps(["192.0.2.1/32", "192.0.2.2/32", "2001:db8::1/128"]))
     relay = FakeExabgp(tmp_path / "s.sock", "--hold", "30")
     try:
         conn = connect(server, relay)
@@ -163,8 +172,9 @@ def test_anycastd_gone_for_the_hold_gets_its_routes_withdrawn(
                          barrier=False)
         gone = time.monotonic()
         server.die(conn)
-        # the in-band hold line was never passed to ExaBGP; what is still announced goes
-        assert relay.line(timeout=10) == b"withdraw route 192.0.2.1/32\n"
+        # the in-band hold line was never passed to ExaBGP; what is still announced goes,
+        # from the neighbors it went to
+        assert relay.line(timeout=10) == b"neighbor 10.0.0.1 withdraw route 192.0.2.1/32\n"
         assert relay.line() == b"withdraw route 2001:db8::1/128\n"
         waited = time.monotonic() - gone
         assert 0.45 <= waited < 5
