@@ -402,6 +402,8 @@ class BgpSettings:
     exabgp: str = "exabgp"
     next_hop: str = "self"
     graceful_restart: int = 0
+    #: the relay's dead-man hold, seconds (0 = off): withdraw when anycastd is gone this long
+    relay_hold: float = 15.0
 
 
 @dataclass(frozen=True)

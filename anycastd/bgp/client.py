@@ -55,6 +55,7 @@ class ApiConnection:
         self._output: list[str] = []
         self.closed = asyncio.Event()
         self.exabgp_pid: int | None = None
+        self.relay_takes_hold = False  # the relay said "hold" in its hello
 
     async def run(self) -> None:
         """Read lines until the relay goes away. Never raises except CancelledError."""
@@ -104,6 +105,12 @@ class ApiConnection:
 
     def close(self) -> None:
         self._close("connection closed by anycastd")
+
+    def notify(self, text: str) -> None:
+        """Write one line meant for the relay itself (never answered, e.g. ``relay hold``).
+        Safe between and during commands: one write, and no answer to pair."""
+        if not self.closed.is_set():
+            self._writer.write(text.encode() + b"\n")
 
     async def command(self, text: str, *, wait: float | None = None) -> list[str]:
         """Send one command; return its output lines. ``error`` → CommandError (permanent);

@@ -286,6 +286,10 @@ def render_config(settings: BgpSettings, relay_argv: Sequence[str], socket_path:
         lines.extend(f"        {f};" for f in n.effective_families)
         lines.append("    }")
         if settings.graceful_restart:
+            # End-of-RIB only once anycastd has announced what is healthy (the speaker sends
+            # it after the first controller pass of each session): sent at once, it would
+            # make a graceful-restart helper drop the stale routes before they are re-sent
+            lines.append("    manual-eor true;")
             lines.append("    capability {")
             lines.append(f"        graceful-restart {settings.graceful_restart};")
             lines.append("    }")

@@ -18,12 +18,20 @@ reload -- the speaker reads the adj-rib-out back, may only WITHDRAW what ``sent`
 just observed the addresses and backends and announces what is right. An unexpected error
 in a background loop is logged CRITICAL and reported (``on_fatal``) while the relay socket
 keeps being served, so the daemon can still withdraw through it (fail closed).
+
+Issue 13 (docs/reliability.md): on every connect the speaker tells the relay its dead-man
+hold (``relay hold SECONDS``, ``[bgp] relay_hold``): a relay left without anycastd that long
+withdraws what anycastd announced. A relay socket removed by hand is bound again within
+``SOCKET_WATCH``. Managed mode with graceful restart: ExaBGP runs ``manual-eor``, and the
+speaker sends End-of-RIB to a neighbor after the first controller pass of its session, so a
+GR helper keeps the stale routes until anycastd has re-announced (a hitless restart).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -34,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anycastd.bgp.client import ACTUATOR, ApiConnection
+from anycastd.bgp.client import ACTUATOR, ApiConnection, CommandError
 from anycastd.bgp.commands import apply_command, diff_rib, parse_adj_rib_out, render_config
 from anycastd.bgp.protocol import FatalCallback, PeerCallback, PeerState, ResyncCallback, Speaker
 from anycastd.bgp.supervisor import ExabgpSupervisor
@@ -53,6 +61,8 @@ log = logging.getLogger("anycastd.bgp")
 #: wide margin and costs nothing that matters: the withdraw itself is not delayed, only the
 #: clean-up after it.
 WITHDRAW_SETTLE = 0.05
+#: How often the relay socket's path is checked (removed by hand -> bound again).
+SOCKET_WATCH = 1.0
 
 
 def default_relay_argv() -> list[str]:
@@ -114,6 +124,11 @@ class ExabgpSpeaker:
         }
         self._conn: ApiConnection | None = None
         self._relay_exabgp_pid: int | None = None
+        # managed mode with graceful restart: neighbors whose session came up and still wait
+        # for our End-of-RIB (sent after the next controller pass: ExaBGP runs manual-eor)
+        self._eor_owed: set[str] = set()
+        self._server: asyncio.Server | None = None
+        self._socket_inode: int | None = None
         self._write_lock = asyncio.Lock()
         self._resync_wanted = asyncio.Event()
         self._connected_event = asyncio.Event()
@@ -183,6 +198,7 @@ class ExabgpSpeaker:
             self._save_owned()
         async with self._write_lock:
             await self._push()
+            await self._send_eor()
 
     async def resync(self) -> None:
         """Read ``sent`` back from ExaBGP, withdraw what is not desired, call ``on_resync``.
@@ -226,7 +242,7 @@ class ExabgpSpeaker:
             raise PermanentError(ACTUATOR, str(exc)) from exc
         if settings.mode == "managed":
             await self.validate(settings)
-        self.settings = settings
+        old_hold, self.settings = self.settings.relay_hold, settings
         self._desired = desired
         known = {n.address for n in settings.neighbors}
         # a removed neighbor's routes go with its session; never withdraw through it
@@ -242,6 +258,8 @@ class ExabgpSpeaker:
             )
         if settings.mode == "managed":
             self._supervisor.reload()
+        if self._conn is not None and settings.relay_hold != old_hold:
+            self._tell_hold(self._conn)
         log.info("bgp_settings_updated", extra={"neighbors": sorted(known)})
         self._resync_wanted.set()
 
@@ -257,24 +275,57 @@ class ExabgpSpeaker:
             text = render_config(self.settings, self.relay_argv, str(self.socket_path))
             self._supervisor.install(text)
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
-        os.chmod(self.socket_path, self.socket_mode)
+        self._server = await self._serve_socket()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._resync_loop())
+                tg.create_task(self._guarded("socket_watch", self._watch_socket))
                 if text is not None:
                     tg.create_task(self._guarded(
                         "supervise", lambda: self._supervisor.run(verify=text)))
         except* PermanentError as group:  # ExaBGP rejected its config at start
             raise group.exceptions[0] from None
         finally:
-            server.close()
+            if self._server is not None:
+                self._server.close()
             if self._conn is not None:
                 self._conn.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+
+    async def _serve_socket(self) -> asyncio.Server:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
+        os.chmod(self.socket_path, self.socket_mode)
+        self._socket_inode = self.socket_path.stat().st_ino
+        return server
+
+    async def _watch_socket(self) -> None:
+        """The relay socket removed or replaced by hand (issue 13: a tmpfiles clean-up, an
+        operator): the connected relay is unaffected, but the next relay (ExaBGP respawns it)
+        could never connect and anycastd could never withdraw again. Checked every
+        ``SOCKET_WATCH`` seconds; a missing or foreign path is bound again."""
+        while True:
+            await asyncio.sleep(SOCKET_WATCH)
+            try:
+                inode: int | None = self.socket_path.stat().st_ino
+            except OSError:
+                inode = None
+            if inode == self._socket_inode:
+                continue
+            log.warning("relay_socket_rebound", extra={"path": str(self.socket_path),
+                                                       "found": "missing" if inode is None
+                                                       else "another file"})
+            old = self._server
+            try:
+                self.runtime_dir.mkdir(parents=True, exist_ok=True)
+                self._server = await self._serve_socket()
+            except OSError as exc:  # tried again on the next tick
+                log.error("relay_socket_bind_failed", extra={"error": str(exc)})  # noqa: TRY400
+                continue
+            if old is not None:
+                old.close()  # stops listening only: the connected relay stays
 
     # -- connection and events --------------------------------------------------------------
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -292,6 +343,8 @@ class ExabgpSpeaker:
             writer.close()
             return
         conn = ApiConnection(reader, writer, self._on_event, timeout=self.command_timeout)
+        conn.relay_takes_hold = "hold" in hello[3:]
+        self._tell_hold(conn)
         conn.exabgp_pid = exabgp_pid
         old, self._conn = self._conn, conn
         if old is not None:
@@ -327,13 +380,30 @@ class ExabgpSpeaker:
             state = str(neighbor["state"])
         except (KeyError, TypeError):
             return
+        if not _is_peer_address(address) or (
+            self.settings.neighbors and address not in self._peers
+        ):
+            # issue 13 (fuzzing): a malformed event, or a neighbor anycastd does not speak to
+            # (the operator's ExaBGP), must not add peers (status, metric labels) without end
+            return
         previous = self._peers.get(address) or PeerState(address=address, name=address)
         up = state == "up"
         reason = str(neighbor.get("reason", ""))
         self._set_peer(replace(previous, up=up, state=state, reason=reason))
         if up:
             # the session has just (re)started: check what ExaBGP sends it
+            if self.settings.mode == "managed" and self.settings.graceful_restart:
+                self._eor_owed.add(address)
             self._resync_wanted.set()
+        else:
+            self._eor_owed.discard(address)
+
+    def _tell_hold(self, conn: ApiConnection) -> None:
+        """The relay's dead-man timer (issue 13): if anycastd is gone for ``relay_hold``
+        seconds the relay withdraws what anycastd announced. Relays that predate it do not
+        say "hold" in their hello and are not told (they would pass the line to ExaBGP)."""
+        if conn.relay_takes_hold:
+            conn.notify(f"relay hold {float(self.settings.relay_hold)!r}")
 
     def _exabgp_exited(self) -> None:
         # ExaBGP's RIB died with it: nothing is announced any more
@@ -475,11 +545,40 @@ class ExabgpSpeaker:
         if first_error is not None:
             raise first_error
 
+    async def _send_eor(self) -> None:
+        """End-of-RIB to each neighbor whose session came up since the last controller pass
+        (managed mode with graceful restart): only now are its routes complete, so a
+        graceful-restart helper may drop what is still stale."""
+        if not self._eor_owed:
+            return
+        conn = self._require_conn()
+        families = {n.address: n.effective_families for n in self.settings.neighbors}
+        for address in sorted(self._eor_owed):
+            try:
+                for family in families.get(address, ()):
+                    await conn.command(f"neighbor {address} announce eor {family}")
+            except CommandError:
+                # ExaBGP answers "error" when the session is not established (any more):
+                # its next "up" owes a new End-of-RIB; the pass itself did not fail
+                log.warning("bgp_end_of_rib_refused", extra={"peer_address": address})
+            else:
+                log.info("bgp_end_of_rib_sent", extra={"peer_address": address})
+            self._eor_owed.discard(address)
+
     def _require_conn(self) -> ApiConnection:
         conn = self._conn
         if conn is None or conn.closed.is_set():
             raise TransientError(ACTUATOR, "ExaBGP is not connected; routes are sent on connect")
         return conn
+
+
+def _is_peer_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
 
 if TYPE_CHECKING:
 

@@ -575,6 +575,8 @@ class BgpConfig(_Model):
     graceful_restart: Annotated[
         float, PlainValidator(_v_duration), AfterValidator(_v_graceful_restart), _duration_ser
     ] = 0.0
+    # issue 13: the relay's dead-man hold (0 = off); see docs/reliability.md
+    relay_hold: Duration = 15.0
     neighbors: tuple[BgpNeighbor, ...] = ()
 
     def neighbor(self, ref: str) -> BgpNeighbor | None:

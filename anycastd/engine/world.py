@@ -80,6 +80,7 @@ def bgp_settings(bgp: BgpConfig) -> BgpSettings:
         exabgp=find_exabgp(bgp.exabgp),
         next_hop=str(bgp.next_hop),
         graceful_restart=int(bgp.graceful_restart),
+        relay_hold=float(bgp.relay_hold),
         neighbors=tuple(
             Neighbor(
                 address=str(n.address),

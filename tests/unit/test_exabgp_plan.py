@@ -245,6 +245,7 @@ def test_config_has_neighbors_relay_process_and_api() -> None:
     assert "    hold-time 9;" in text
     assert '    md5-password "s3cret";' in text
     assert "        graceful-restart 120;" in text
+    assert text.count("    manual-eor true;") == 2  # End-of-RIB sent by the speaker
     assert "        ipv6 unicast;" in text
     assert text.count("neighbor-changes;") == 2
 
