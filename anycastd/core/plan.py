@@ -472,7 +472,7 @@ def _policy(p: _Pass, desired: Desired, observed: Observed) -> PolicyDiff:
     still announced (drain) or kept."""
     if not desired.policy and observed.policy is None:
         return PolicyDiff()
-    held = p.targets.keys() | p.bgp1.keys() | p.kept
+    held = p.targets.keys() | p.bgp1.keys() | p.ospf1.keys() | p.kept
     active = {s.name for s in desired.services if any(x in held for x in s.prefixes)}
     return diff_policy(desired.policy, active, observed.policy or PolicyObserved())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from anycastd.actuators.memory import MemoryLoopback
+from anycastd.actuators import frr
+from anycastd.actuators.memory import MemoryLoopback, MemoryOspf
 from anycastd.actuators.policyroute import MemoryPolicyRoute
 from anycastd.config import Config, ConfigError, loads
 from anycastd.core.desired import compute
@@ -15,6 +16,7 @@ from anycastd.core.plan import (
     ControllerState,
     LoopbackStep,
     Observed,
+    OspfStep,
     PolicyStep,
     Step,
     plan,
@@ -98,6 +100,7 @@ class World:
         self.lo = MemoryLoopback()
         self.policy = MemoryPolicyRoute()
         self.routes: frozenset[Route] = frozenset()
+        self.ospf = MemoryOspf(frr.OspfSettings(metrics=(10, 100, 65535)))
         self.state = ControllerState()
 
     def run(self, state: ServiceState, *, now: float = 0.0,
@@ -105,7 +108,7 @@ class World:
         """One pass; the journal of (step, what) in execution order."""
         desired = compute(self.cfg, {"web": state})
         observed = Observed(loopback=self.lo.observe(), announced=self.routes,
-                            policy=self.policy.observe(()))
+                            policy=self.policy.observe(()), ospf=self.ospf.observe())
         result = plan(self.state, desired, observed, now, shutdown=shutdown)
         self.state = result.state
         journal: list[tuple[str, str]] = []
@@ -120,6 +123,13 @@ class World:
         if isinstance(step, LoopbackStep):
             self.lo.apply(step.actions)
             return [("address", str(a)) for a in step.actions]
+        if isinstance(step, OspfStep):
+            before = {r.prefix: r.metric for r in self.ospf.observe()}
+            self.ospf.apply(step.routes)
+            after = {r.prefix: r.metric for r in step.routes}
+            return [("ospf", f"publish {p} {m}") for p, m in sorted(after.items())
+                    if before.get(p) != m] + [
+                ("ospf", f"withdraw {p}") for p in sorted(before.keys() - after.keys())]
         assert isinstance(step, BgpStep)
         before = {r.prefix for r in self.routes}
         self.routes = step.routes
@@ -159,6 +169,27 @@ def test_a_draining_service_keeps_its_rules_until_the_withdraw() -> None:
         assert w.policy.rules == set(RULES)
     assert kinds(w.run(ServiceState.MAINTENANCE, now=12.0)) == [
         "bgp withdraw", "address remove", "policy remove"]
+
+
+OSPF = """
+[services.web.ospf]
+metric = { up = 10, draining = 100, maintenance = 65535 }
+"""
+
+
+def test_an_ospf_drain_keeps_the_rules_while_the_draining_metric_is_published() -> None:
+    # OSPF only (no [bgp]): the drain publishes the draining metric for drain_time; the
+    # service's traffic still arrives, so its source-routing rules must stay until the
+    # route is withdrawn (found by review: only BGP drains kept them)
+    w = World(web(policy=POLICY + OSPF, head="", drain='"10s"'))
+    assert kinds(w.run(ServiceState.UP)) == ["address add", "policy add", "ospf publish"]
+    for now in (1.0, 2.0, 11.9):
+        w.run(ServiceState.MAINTENANCE, now=now)
+        assert w.ospf.observe(), now
+        assert w.policy.rules == set(RULES), now
+    assert kinds(w.run(ServiceState.MAINTENANCE, now=12.0)) == [
+        "ospf withdraw", "address remove", "policy remove"]
+    assert w.policy.rules == set()
 
 
 def test_rules_and_routes_lost_behind_our_back_come_back() -> None:
