@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,12 +68,22 @@ class Node:
         return pids[0]
 
     def post(self, path: str, body: dict[str, object]) -> dict[str, object]:
-        code = ("import json,sys,urllib.request as u\n"
-                f"r=u.Request('http://127.0.0.1:{API_PORT}{path}',data=sys.argv[1].encode(),"
-                "headers={'Content-Type':'application/json'},method='POST')\n"
-                "print(u.urlopen(r,timeout=5).read().decode())\n")
-        out = self.topo.edge.exec([sys.executable, "-c", code, json.dumps(body)])
-        reply: dict[str, object] = json.loads(out)
+        """POST to the daemon's control socket (runtime_dir/api.sock; the TCP listener is
+        read-only). A unix socket is a file: reachable from outside the edge namespace."""
+        data = json.dumps(body).encode()
+        request = (f"POST {path} HTTP/1.1\r\nHost: anycastd\r\nConnection: close\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                   ).encode() + data
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.topo.tmp / "run" / "api.sock"))
+            s.sendall(request)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer[:300]
+        reply: dict[str, object] = json.loads(payload)
         return reply
 
     def up(self, timeout: float = 30.0) -> None:
