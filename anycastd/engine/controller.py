@@ -176,6 +176,7 @@ class Controller:
         self._held: frozenset[Route] = frozenset()
         self._converged = False  # the pass in progress ended with nothing left to do
         self._held_ospf: frozenset[OspfRoute] = frozenset()  # the same for OSPF
+        self._observe_error: ActuatorError | None = None  # a part of this pass not read
 
     # ---- inputs
 
@@ -207,17 +208,33 @@ class Controller:
             raise TransientError("exabgp", "the announced routes have not been read back yet")
         else:
             announced = routes_from_rib(self.speaker.sent, self.bgp_settings, self._hints)
+        # The reads below may fail on their own (ospfd restarting, a vty socket this user may
+        # not open) without freezing the pass: an unknown node or policy table plans every
+        # write (core.realserver / core.policyroute treat None as "nothing known"), OSPF is
+        # planned from what was last known there. The pass then runs in order, so BGP
+        # withdrawals go out first and an address under a route that may still be
+        # published stays until the routing daemon confirms. _reconcile retries after it.
         node = None
         if desired.node and self.node is not None:
-            node = await self._in_thread(self.node.observe, desired.node)
+            node = await self._partial(self.node.observe, None, desired.node)
         policy = None
         if self.policy is not None:
-            policy = await self._in_thread(self.policy.observe, tables(desired.policy))
+            policy = await self._partial(self.policy.observe, None, tables(desired.policy))
         ospf: frozenset[OspfRoute] = frozenset()
         if self.ospf is not None:
-            ospf = await self._in_thread(self.ospf.observe)
+            ospf = await self._partial(self.ospf.observe, self._held_ospf)
         return Observed(loopback=lo, ipvs=ipvs_obs, announced=announced, ipvs_owned=owned,
                         node=node, policy=policy, ospf=ospf)
+
+    async def _partial(self, read: Callable[..., _T], fallback: _T, *args: object) -> _T:
+        """``read(*args)`` in the worker thread; on an ActuatorError, ``fallback`` (the pass
+        goes on; the first such error is kept in ``_observe_error`` for ``_reconcile``)."""
+        try:
+            return await self._in_thread(read, *args)
+        except ActuatorError as exc:
+            if self._observe_error is None:
+                self._observe_error = exc
+            return fallback
 
     def desired(self) -> Desired:
         return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
@@ -259,11 +276,13 @@ class Controller:
             pokes = self._pokes
             desired = self.desired()
             self._hints = desired.route_hints | self._last_routes
+            self._observe_error = None
             try:
                 observed = await self.observe(desired)
             except ActuatorError as exc:  # nothing known, nothing done: retry like a write
                 self._failed(exc)
                 return result
+            partial = self._observe_error  # a part not read: act on the rest, then retry
             result = plan(
                 self.state, desired, observed, self.clock.now(),
                 shutdown=shutdown, fail_closed=fail_closed,
@@ -273,6 +292,9 @@ class Controller:
             self.last_plan, self.last_observed = result, observed
             self.passes += 1
             self._export(desired, observed)
+            if not result.steps and partial is not None:
+                self._failed(partial)
+                return result
             if not result.steps:
                 self._converged = True
                 self._backoff.failures = 0
@@ -296,6 +318,9 @@ class Controller:
                         await self.clock.sleep_until(self.clock.now() + self.withdraw_settle)
             except ActuatorError as exc:
                 self._failed(exc)
+                return result
+            if partial is not None:
+                self._failed(partial)
                 return result
         # Still not converged: something keeps undoing our work. Try again later.
         self._retry_at = self.clock.now() + self._backoff.next(self._rng)
