@@ -61,12 +61,19 @@ class Owners:
         self._prefix: dict[str, tuple[str, ...]] = {}
         self._address: dict[HostAddress, tuple[str, ...]] = {}
         self._virtual: dict[VirtualService, tuple[str, ...]] = {}
+        self._policy: dict[object, tuple[str, ...]] = {}  # a policy rule or table route
+        self._node: tuple[str, ...] = ()  # the real-server role's services
         if desired is None:
             return
+        for pol in desired.policy:
+            for item in (*pol.rules, *pol.routes):
+                self._policy[item] = (*self._policy.get(item, ()), pol.service)
         for intent in desired.prefixes:
             self._prefix[intent.prefix] = intent.owners
             if intent.address is not None:
                 self._address[intent.address] = intent.owners
+        self._node = tuple(sorted({o for a in desired.node_addresses
+                                   for o in self._address.get(a, ())}))
         for svc in desired.services:
             for spec in (*svc.live, *svc.idle):
                 self._virtual[spec.service] = (*self._virtual.get(spec.service, ()), svc.name)
@@ -76,6 +83,15 @@ class Owners:
 
     def address(self, action: AddressAction) -> tuple[str, ...]:
         return self._address.get(action.address, ())
+
+    def policy(self, item: object) -> tuple[str, ...]:
+        """The services whose [policy_routing] declares this rule or table route."""
+        return self._policy.get(item, ())
+
+    def node(self) -> tuple[str, ...]:
+        """The services with a [real_server] role (the node's links and sysctls serve
+        them all)."""
+        return self._node
 
     def virtual(self, action: IpvsAction) -> tuple[str, ...]:
         vs = action.spec.service if isinstance(action, AddService | EditService) else (

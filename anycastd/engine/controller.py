@@ -436,7 +436,8 @@ class Controller:
                                      "was not configured at start; restart anycastd)")
             await self._in_thread(self.node.apply, list(step.actions))
             for na in step.actions:
-                event(log, "realserver", action=str(na))
+                event(log, "realserver", action=str(na),
+                      **self._why(who.node(), "node not set up for its backends"))
             self._count("realserver", len(step.actions))
         elif isinstance(step, PolicyStep):
             if self.policy is None:  # a reload that adds the first [policy_routing]
@@ -445,7 +446,8 @@ class Controller:
                                      "anycastd)")
             await self._in_thread(self.policy.apply, list(step.actions))
             for pa in step.actions:
-                event(log, "policy_routing", action=str(pa))
+                event(log, "policy_routing", action=str(pa),
+                      **self._why(who.policy(pa.item), "policy rule or route differs"))
             self._count("policyroute", len(step.actions))
         elif isinstance(step, LoopbackStep):
             await self._in_thread(self.loopback.apply, list(step.actions))
