@@ -274,6 +274,7 @@ class Controller:
             self.passes += 1
             self._export(desired, observed)
             if not result.steps:
+                await self.speaker.end_of_pass()  # End-of-RIB owed to new sessions: never raises
                 self._converged = True
                 self._backoff.failures = 0
                 self._retry_at = None
@@ -294,6 +295,8 @@ class Controller:
                         # ExaBGP acks a withdraw once queued, not once on the wire: give the
                         # UPDATE time to leave before IPVS or the address go (see __init__)
                         await self.clock.sleep_until(self.clock.now() + self.withdraw_settle)
+                else:  # the pass's last step ran: its routes are complete (End-of-RIB)
+                    await self.speaker.end_of_pass()
             except ActuatorError as exc:
                 self._failed(exc)
                 return result
