@@ -201,14 +201,9 @@ class ExabgpSpeaker:
             await self._push()
 
     async def end_of_pass(self) -> None:
-        """A controller pass has ended (converged, or its last step ran): send the
-        End-of-RIB each neighbor's session owes (managed mode, graceful restart).
-
-        Not from ``set_routes``: a pass may plan no BgpStep at all (every service down, or
-        ExaBGP kept its adj-rib-out over a session reset), and a pass with a withdraw step
-        and an announce step must not end the RIB between them. Never raises: an
-        End-of-RIB not sent (not connected or not read back since the connect, the relay
-        lost) stays owed and goes after the next pass."""
+        """Send the End-of-RIB each new session owes. Not from ``set_routes``: a pass may
+        have no BgpStep (every service down), or a withdraw step before its announce step.
+        Unsent (not ``synced``, the relay lost): still owed after the next pass."""
         if not self._eor_owed or not self.synced:
             return
         try:
