@@ -55,6 +55,11 @@ class Speaker(Protocol):
         Raises TransientError when ExaBGP is not reachable (the routes are kept and sent on
         connect) and PermanentError when ExaBGP rejected a command."""
 
+    async def end_of_pass(self) -> None:
+        """A controller pass has ended: it converged, or its last step ran. The routes are
+        complete; a speaker that owes its peers an End-of-RIB (graceful restart) sends it
+        now. Never raises: what could not be sent is owed to the next pass."""
+
     async def resync(self) -> None:
         """Read the announced routes back and withdraw those not desired; never announce.
         Then report (``on_resync``): the controller's pass decides what to announce."""
@@ -98,6 +103,9 @@ class NullSpeaker:
 
     async def set_routes(self, routes: Iterable[Route]) -> None:
         del routes
+
+    async def end_of_pass(self) -> None:
+        pass  # no peers: no End-of-RIB owed
 
     async def resync(self) -> None:
         if self.on_resync is not None:

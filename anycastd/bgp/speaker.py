@@ -23,8 +23,9 @@ Issue 13 (docs/reliability.md): on every connect the speaker tells the relay its
 hold (``relay hold SECONDS``, ``[bgp] relay_hold``): a relay left without anycastd that long
 withdraws what anycastd announced. A relay socket removed by hand is bound again within
 ``SOCKET_WATCH``. Managed mode with graceful restart: ExaBGP runs ``manual-eor``, and the
-speaker sends End-of-RIB to a neighbor after the first controller pass of its session, so a
-GR helper keeps the stale routes until anycastd has re-announced (a hitless restart).
+speaker sends End-of-RIB to a neighbor once the first controller pass of its session has
+ended (``end_of_pass``; also a pass that planned nothing), so a GR helper keeps the stale
+routes until anycastd has re-announced (a hitless restart), and drops them right then.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class ExabgpSpeaker:
         self._conn: ApiConnection | None = None
         self._relay_exabgp_pid: int | None = None
         # managed mode with graceful restart: neighbors whose session came up and still wait
-        # for our End-of-RIB (sent after the next controller pass: ExaBGP runs manual-eor)
+        # for our End-of-RIB (sent when the next controller pass ends: ExaBGP runs manual-eor)
         self._eor_owed: set[str] = set()
         self._server: asyncio.Server | None = None
         self._socket_inode: int | None = None
@@ -198,7 +199,18 @@ class ExabgpSpeaker:
             self._save_owned()
         async with self._write_lock:
             await self._push()
-            await self._send_eor()
+
+    async def end_of_pass(self) -> None:
+        """Send the End-of-RIB each new session owes. Not from ``set_routes``: a pass may
+        have no BgpStep (every service down), or a withdraw step before its announce step.
+        Unsent (not ``synced``, the relay lost): still owed after the next pass."""
+        if not self._eor_owed or not self.synced:
+            return
+        try:
+            async with self._write_lock:
+                await self._send_eor()
+        except TransientError as exc:
+            log.warning("bgp_end_of_rib_deferred", extra={"error": str(exc)})
 
     async def resync(self) -> None:
         """Read ``sent`` back from ExaBGP, withdraw what is not desired, call ``on_resync``.
@@ -548,7 +560,7 @@ class ExabgpSpeaker:
     async def _send_eor(self) -> None:
         """End-of-RIB to each neighbor whose session came up since the last controller pass
         (managed mode with graceful restart): only now are its routes complete, so a
-        graceful-restart helper may drop what is still stale."""
+        graceful-restart helper may drop what is still stale. Under ``_write_lock``."""
         if not self._eor_owed:
             return
         conn = self._require_conn()

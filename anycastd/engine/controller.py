@@ -296,6 +296,7 @@ class Controller:
                 self._failed(partial)
                 return result
             if not result.steps:
+                await self.speaker.end_of_pass()  # End-of-RIB owed to new sessions: never raises
                 self._converged = True
                 self._backoff.failures = 0
                 self._retry_at = None
@@ -316,6 +317,8 @@ class Controller:
                         # ExaBGP acks a withdraw once queued, not once on the wire: give the
                         # UPDATE time to leave before IPVS or the address go (see __init__)
                         await self.clock.sleep_until(self.clock.now() + self.withdraw_settle)
+                else:  # the pass's last step ran: its routes are complete (End-of-RIB)
+                    await self.speaker.end_of_pass()
             except ActuatorError as exc:
                 self._failed(exc)
                 return result

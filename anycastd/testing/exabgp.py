@@ -65,6 +65,8 @@ class FakeSpeaker:
         self.commands: list[str] = []
         self.calls = 0
         self.resyncs = 0
+        #: how many controller passes have ended (``end_of_pass``)
+        self.passes_ended = 0
         self._connected = synced
         self._ever_synced = synced
         self._failures: list[ActuatorError | None] = []  # None: ExaBGP answers "error"
@@ -92,6 +94,11 @@ class FakeSpeaker:
         if commands and not self._connected:  # nothing to send needs no connection
             raise TransientError("exabgp", "fake speaker disconnected")
         self._send(commands)
+
+    async def end_of_pass(self) -> None:
+        """Counted only: the fake has no sessions to owe an End-of-RIB (the real speaker's
+        is tested against a scripted ExaBGP, tests/unit/test_end_of_rib.py)."""
+        self.passes_ended += 1
 
     async def resync(self) -> None:
         """Read back and withdraw what is not desired (never announce); ``on_resync``,

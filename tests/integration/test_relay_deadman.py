@@ -187,3 +187,35 @@ def test_planned_restart_managed_with_graceful_restart(topo: Topo) -> None:
     assert announces[0].t < eor, "End-of-RIB only after the routes are complete"
     assert not absent, "the peer kept the route through the restart"
     assert row["announced_without_address_ms"] == 0
+
+
+def test_restart_managed_with_graceful_restart_and_the_service_down(topo: Topo) -> None:
+    """The service went down while anycastd was away: the new anycastd has nothing to
+    announce, its passes plan no BGP step, and End-of-RIB must still follow its first pass,
+    so the GR helper drops the stale route at once -- not when its stale-path timer (FRR:
+    360 s) runs out. The restart time is 30 s here, so only End-of-RIB explains a route gone
+    within 20 s."""
+    out = topo.peer.frr.vtysh("configure terminal\nrouter bgp 65000\nbgp graceful-restart\n")
+    assert "Unknown" not in out, out
+    svc = Service("web", "192.0.2.66/32", 8136, shutdown="keep")
+    listener = topo.listener(svc.port)
+    conf = topo.write_config([svc])
+    conf.write_text(conf.read_text().replace("[bgp]\n", '[bgp]\ngraceful_restart = "30s"\n', 1))
+    first = topo.anycastd(conf)
+    wait_for(lambda: topo.peer.has(svc.prefix), timeout=40)
+    wait_for(lambda: "gracefulRestartInfo" in topo.peer.frr.json(
+        f"show bgp neighbors {EDGE_IP} json").get(EDGE_IP, {}), timeout=10)
+    assert first.terminate() == 0
+    listener.terminate()  # the service is down when anycastd comes back
+    listener.wait(timeout=10)
+    assert topo.peer.has(svc.prefix), "kept as stale (GR helper)"
+    t_restart = time.time()
+    second = topo.anycastd(conf)
+    second.wait_event("bgp_end_of_rib_sent", timeout=20)
+    wait_for(lambda: not topo.peer.has(svc.prefix), timeout=20 - (time.time() - t_restart))
+    eor = _end_of_rib_times(topo, t_restart)
+    assert eor, "the peer logged our End-of-RIB"
+    assert not [u for u in topo.peer.updates(svc.prefix, since=t_restart) if not u.withdrawn]
+    print(f"\nGR restart, service down: stale route gone "
+          f"{time.time() - t_restart:.1f}s after the restart (End-of-RIB "
+          f"{eor[0] - t_restart:.1f}s)")

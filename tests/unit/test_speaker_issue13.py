@@ -1,6 +1,6 @@
 """The speaker's side of issue 13, against a scripted relay on a real socket pair: it tells
-the relay its dead-man hold, and (managed mode, graceful restart) sends End-of-RIB only after
-the controller's pass -- an End-of-RIB ExaBGP refuses does not fail the pass."""
+the relay its dead-man hold, and (managed mode, graceful restart) sends End-of-RIB only when
+the controller's pass has ended -- an End-of-RIB ExaBGP refuses does not fail the pass."""
 
 from __future__ import annotations
 
@@ -63,16 +63,19 @@ async def test_the_hold_is_told_and_end_of_rib_follows_the_pass(tmp_path: Path) 
     relay.send(b"done\n")
     await asyncio.sleep(0.05)
 
-    # the controller's pass: the announce first, then End-of-RIB
+    # the controller's pass: the announce first, then End-of-RIB when the pass ends
     passed = asyncio.get_running_loop().create_task(
         speaker.set_routes([Route("192.0.2.53/32")]))
     assert (await relay.line()).startswith("neighbor 10.0.0.1 announce route 192.0.2.53/32")
     relay.send(b"done\n")
+    await passed
+    ended = asyncio.get_running_loop().create_task(speaker.end_of_pass())
     assert await relay.line() == "neighbor 10.0.0.1 announce eor ipv4 unicast"
     relay.send(b"done\n")
-    await passed
+    await ended
     # owed once per session: the next pass sends nothing at all
     await speaker.set_routes([Route("192.0.2.53/32")])
+    await speaker.end_of_pass()
 
     # the session flaps; by the pass, ExaBGP has no established session: "error"
     relay.send(up_event("10.0.0.1", "down") + up_event("10.0.0.1"))
@@ -81,11 +84,11 @@ async def test_the_hold_is_told_and_end_of_rib_follows_the_pass(tmp_path: Path) 
                b"192.0.2.1 family-allowed in-open ipv4 unicast 192.0.2.53/32 next-hop 10.0.0.2\n"
                b"done\n")
     await asyncio.sleep(0.05)
-    passed = asyncio.get_running_loop().create_task(
-        speaker.set_routes([Route("192.0.2.53/32")]))
+    await speaker.set_routes([Route("192.0.2.53/32")])  # ExaBGP holds it: nothing to send
+    ended = asyncio.get_running_loop().create_task(speaker.end_of_pass())
     assert await relay.line() == "neighbor 10.0.0.1 announce eor ipv4 unicast"
     relay.send(b"error\n")
-    await passed  # did not raise: the pass did its work
+    await ended  # did not raise: the pass did its work
     relay.writer.close()
     async with asyncio.timeout(5):
         await served
@@ -103,6 +106,13 @@ async def test_a_session_that_went_down_owes_no_end_of_rib(tmp_path: Path) -> No
     relay.send(up_event("10.0.0.1", "down"))
     await asyncio.sleep(0.05)
     await speaker.set_routes([])  # nothing to send, no End-of-RIB owed
+    await speaker.end_of_pass()
+    # the next line ExaBGP reads is the next pass's announce, no End-of-RIB before it
+    passed = asyncio.get_running_loop().create_task(
+        speaker.set_routes([Route("192.0.2.53/32")]))
+    assert (await relay.line()).startswith("neighbor 10.0.0.1 announce route 192.0.2.53/32")
+    relay.send(b"done\n")
+    await passed
     relay.writer.close()
     async with asyncio.timeout(5):
         await served
