@@ -292,11 +292,14 @@ class Controller:
             self.last_plan, self.last_observed = result, observed
             self.passes += 1
             self._export(desired, observed)
+            if not result.steps:
+                # End-of-RIB owed to new sessions (never raises): the BGP side is complete
+                # even when a routing daemon or policy table could not be read
+                await self.speaker.end_of_pass()
             if not result.steps and partial is not None:
                 self._failed(partial)
                 return result
             if not result.steps:
-                await self.speaker.end_of_pass()  # End-of-RIB owed to new sessions: never raises
                 self._converged = True
                 self._backoff.failures = 0
                 self._retry_at = None
