@@ -1,0 +1,29 @@
+"""OSPF config rules: OSPFv2 publishes IPv4 only, so an IPv6 prefix in a service with
+[ospf] is a config error (file and key), not a route the planner would plan forever."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.unit.test_config import DNS, issues, keyed
+
+V6 = DNS.replace('prefixes = ["192.0.2.53/32"]', 'prefixes = ["192.0.2.53/32", "2001:db8::53/128"]')
+
+
+def test_an_ipv6_prefix_in_a_service_with_ospf_is_a_config_error(tmp_path: Path) -> None:
+    found = keyed(issues(tmp_path, V6 + "[services.dns.ospf]\n"))
+    assert found == {("anycastd.toml", "services.dns.prefixes[1]"): (
+        "2001:db8::53/128 cannot be published over OSPF: anycastd publishes through ospfd "
+        "(OSPFv2, IPv4 only); give this service IPv4 prefixes only, or publish it over BGP")}
+
+
+def test_check_config_exits_78_on_it(tmp_path: Path) -> None:
+    path = tmp_path / "anycastd.toml"
+    path.write_text(V6 + "[services.dns.ospf]\n")
+    proc = subprocess.run([sys.executable, "-m", "anycastd", "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 78
+    assert "services.dns.prefixes[1]" in proc.stderr
+    assert "Traceback" not in proc.stderr
