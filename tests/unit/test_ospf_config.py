@@ -27,3 +27,30 @@ def test_check_config_exits_78_on_it(tmp_path: Path) -> None:
     assert proc.returncode == 78
     assert "services.dns.prefixes[1]" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _check_config(tmp_path: Path, vtysh: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "vtysh"
+    script.write_text(f"#!/bin/sh\n{vtysh}\n")
+    script.chmod(0o755)
+    path = tmp_path / "anycastd.toml"
+    path.write_text(f'[ospf]\nvtysh = "{script}"\ntimeout = "300ms"\n'
+                    + DNS + "[services.dns.ospf]\n")
+    return subprocess.run([sys.executable, "-m", "anycastd", "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_check_config_exits_69_not_78_when_vtysh_does_not_answer(tmp_path: Path) -> None:
+    # ExecStartPre=check-config with RestartPreventExitStatus=78: a slow vtysh is not an
+    # invalid config, and must not stop the unit for good
+    proc = _check_config(tmp_path, "exec sleep 30")
+    assert proc.returncode == 69, proc.stderr
+    assert proc.stderr == ("anycastd: ospf: vtysh did not answer within 0.3s: the render "
+                           "could not be validated (try again; the config was not judged)\n")
+
+
+def test_check_config_exits_78_when_vtysh_rejects_the_render(tmp_path: Path) -> None:
+    proc = _check_config(tmp_path, 'echo "% Unknown command: route-map" >&2; exit 1')
+    assert proc.returncode == 78, proc.stderr
+    assert "vtysh rejected the rendered OSPF configuration" in proc.stderr
+    assert "% Unknown command: route-map" in proc.stderr
