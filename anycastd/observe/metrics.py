@@ -156,8 +156,8 @@ class Metrics:
         )
         self._announced = Gauge(
             "anycastd_prefix_announced",
-            "1 while this node announces the service's prefix over BGP, else 0 (always 0 "
-            "without a [bgp] section: nothing is announced).",
+            "1 while this node publishes the service's prefix over BGP or OSPF, else 0 "
+            "(always 0 for a service without [ospf] when there is no [bgp] section).",
             ["service", "prefix"],
             registry=reg,
         )

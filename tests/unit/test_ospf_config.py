@@ -3,10 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
+from anycastd.actuators.frr import OspfSettings
+from anycastd.actuators.memory import MemoryOspf
+from anycastd.bgp.protocol import NullSpeaker
+from anycastd.config import loads
+from anycastd.core.health import ServiceState
+from anycastd.engine.controller import Controller
+from anycastd.observe.metrics import Metrics
+from anycastd.testing.clock import FakeClock
+from anycastd.testing.loopback import FakeLoopback
 from tests.unit.test_config import DNS, issues, keyed
 
 V6 = DNS.replace('prefixes = ["192.0.2.53/32"]', 'prefixes = ["192.0.2.53/32", "2001:db8::53/128"]')
@@ -54,3 +64,27 @@ def test_check_config_exits_78_when_vtysh_rejects_the_render(tmp_path: Path) -> 
     assert proc.returncode == 78, proc.stderr
     assert "vtysh rejected the rendered OSPF configuration" in proc.stderr
     assert "% Unknown command: route-map" in proc.stderr
+
+
+def test_without_bgp_the_announced_gauge_follows_the_ospf_publication() -> None:
+    # docs/configuration.md ([bgp]) and docs/metrics.md say so: on an OSPF node without
+    # [bgp] the gauge is not "always 0"
+    config = loads('[services.web]\nprefixes = ["192.0.2.80/32"]\n'
+                   'checks = [{type = "tcp", host = "127.0.0.1", port = 80}]\n'
+                   "[services.web.ospf]\n")
+    metrics = Metrics()
+    ctl = Controller(config, loopback=FakeLoopback(), ipvs=None, speaker=NullSpeaker(),
+                     bgp_settings=None, states=lambda: {"web": ServiceState.UP},
+                     real_servers_up=dict, clock=FakeClock(),
+                     ospf=MemoryOspf(OspfSettings(metrics=(10, 100, 65535))), metrics=metrics)
+
+    async def two_passes() -> None:
+        await ctl.reconcile()
+        await ctl.reconcile()  # the second pass observes what the first published
+
+    asyncio.run(two_passes())
+    assert metrics.registry.get_sample_value(
+        "anycastd_prefix_announced", {"service": "web", "prefix": "192.0.2.80/32"}) == 1.0
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert "gauge stays 0, because anycastd announces nothing" not in text
+    assert "zebra.vty" not in text
