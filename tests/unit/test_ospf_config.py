@@ -88,3 +88,13 @@ def test_without_bgp_the_announced_gauge_follows_the_ospf_publication() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     assert "gauge stays 0, because anycastd announces nothing" not in text
     assert "zebra.vty" not in text
+
+
+def test_the_frr_actuator_series_are_born_at_0() -> None:
+    # increase() sees the first OSPF error only if the series exists before it
+    metrics = Metrics()
+    for kind in ("transient", "permanent"):
+        assert metrics.registry.get_sample_value(
+            "anycastd_actuator_errors_total", {"actuator": "frr", "kind": kind}) == 0.0
+    assert metrics.registry.get_sample_value(
+        "anycastd_actuator_writes_total", {"actuator": "frr"}) == 0.0
