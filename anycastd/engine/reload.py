@@ -188,11 +188,12 @@ async def reload(daemon: Daemon) -> None:
                                    for p in world.speaker.peers.values()})
         if daemon.controller is not None:
             daemon.controller.bgp_settings = settings
-    # Nothing can reject the reload any more. What follows changes what the controller's
-    # passes read, with no await in it: wait for the pass in progress to end first (an
-    # actuator call may run in its worker thread), so no pass sees half of the change.
-    await _between_passes(daemon)
-    if ospf is not None and world is not None and world.ospf is not None:
+    # Nothing can reject the reload any more, and what follows has no await in it. New OSPF
+    # settings wait for the pass in progress to end (its OSPF call may run in the worker
+    # thread), so no pass plans with one config and applies with the other's settings.
+    if (ospf is not None and world is not None and world.ospf is not None
+            and ospf != world.ospf.settings):
+        await _between_passes(daemon)
         world.ospf.settings = ospf  # the planner withdraws what the new config drops
     changed = sorted(
         n for n in set(new.services) | set(daemon.config.services)

@@ -4,12 +4,15 @@ metric change is applied, between passes."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from anycastd.actuators.frr import OspfSettings
 from anycastd.actuators.memory import MemoryOspf
 from anycastd.bgp.protocol import PeerState
 from anycastd.config import Config, load_config
@@ -62,6 +65,7 @@ class OspfNode:
     text: str
     lo: FakeLoopback = field(default_factory=FakeLoopback)
     ospf: MemoryOspf | None = None
+    ospf_class: type[MemoryOspf] = MemoryOspf
     speaker: RefusingSpeaker | None = None
     daemon: Daemon | None = None
 
@@ -75,7 +79,7 @@ class OspfNode:
         settings = ospf_settings(config)
         assert settings is not None
         self.speaker = RefusingSpeaker(bgp_settings(config.bgp))
-        self.ospf = MemoryOspf(settings)
+        self.ospf = self.ospf_class(settings)
         return World(self.lo, FakeIpvs(), self.speaker, bgp_settings(config.bgp),  # type: ignore[arg-type]
                      dry_run=True, ospf=self.ospf)
 
@@ -159,3 +163,47 @@ async def test_a_metric_change_is_applied_on_reload(
         assert node.ospf.settings.timeout == 3.0
         assert node.ospf.settings.metric_type == "type-1"
         await wait_for(lambda: node.published() == {OspfRoute(A, 20)}, within=10.0)
+
+
+class GatedOspf(MemoryOspf):
+    """Once armed, ``apply`` (in the controller's worker thread) waits for ``gate``."""
+
+    def __init__(self, settings: OspfSettings) -> None:
+        super().__init__(settings)
+        self.armed = False
+        self.gate = threading.Event()
+        self.inside = threading.Event()
+
+    def apply(self, routes: frozenset[OspfRoute]) -> None:
+        if self.armed:
+            self.inside.set()
+            self.gate.wait(10.0)
+        super().apply(routes)
+
+
+async def test_new_ospf_settings_wait_for_the_pass_in_progress(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = OspfNode(tmp_path, _text(tmp_path), ospf_class=GatedOspf)
+    (tmp_path / "a-ok").touch()
+    async with running(node):  # type: ignore[arg-type]
+        await wait_for(lambda: node.published() == {OspfRoute(A, 10)}, within=10.0)
+        ospf = node.ospf
+        assert isinstance(ospf, GatedOspf)
+        assert node.daemon is not None
+        before = ospf.settings
+        ospf.armed = True
+        (tmp_path / "a-ok").unlink()  # the service goes down: a pass withdraws, in apply
+        await wait_for(ospf.inside.is_set, within=10.0)
+        node.path.write_text(_text(tmp_path, up=20))
+        reloading = asyncio.create_task(reload(node.daemon))
+        try:
+            await asyncio.sleep(0.1)
+            assert not reloading.done()  # waits for the pass
+            assert ospf.settings == before  # not changed under the running apply
+        finally:
+            ospf.armed = False
+            ospf.gate.set()
+        await asyncio.wait_for(reloading, 10.0)
+        assert _rejected(caplog) == []
+        assert ospf.settings.metrics == (20, 100, 65535)
