@@ -2,10 +2,11 @@
 ``ospf render``, ``demo``.
 
 Exit codes follow sysexits(3): 0 ok, 1 a probe found the service unhealthy, 64 usage,
-66 the config file is missing, 69 cannot start or reach the daemon, 70 internal error (a
-bug: the only case with a traceback), 77 no permission on the control socket, 78 the config
-is invalid. ``status --check`` adds 1 (a service draining or in maintenance) and 2 (a
-service down). A user error is one clear message on stderr, never a traceback.
+66 the config file is missing, 69 cannot start or reach the daemon (check-config: vtysh -C
+did not answer), 70 internal error (a bug: the only case with a traceback), 77 no permission
+on the control socket, 78 the config is invalid. ``status --check`` adds 1 (a service
+draining or in maintenance) and 2 (a service down). A user error is one clear message on
+stderr, never a traceback.
 
 ``anycastd run`` exits 70 after a bug ended one of the daemon's tasks: the daemon has then
 withdrawn every prefix (fail closed, ``keep`` ignored) and logged the bug as one CRITICAL
@@ -205,6 +206,10 @@ def _check_ospf(config: Config, *, quiet: bool) -> int:
         if "not found" in exc.message:
             sys.stderr.write(f"anycastd: ospf: {exc.message}: the render was not validated\n")
             return EX_OK
+        if exc.transient:  # vtysh did not answer: nothing was judged, so not EX_CONFIG
+            sys.stderr.write(f"anycastd: ospf: {exc.message}: the render could not be "
+                             "validated (try again; the config was not judged)\n")
+            return EX_UNAVAILABLE
         sys.stderr.write(f"anycastd: invalid configuration (1 problem):\n"
                          f"{config.sources[0] if config.sources else ''}: ospf: {exc.message}\n")
         return EX_CONFIG

@@ -99,8 +99,18 @@ class OspfSettings:
     vty_dir: Path = Path("/var/run/frr")
 
     def vty_socket(self, daemon: str) -> Path:
+        """``DIR[/pathspace]/DAEMON.vty``; an ospfd instance (``ospfd -n N``, for
+        ``instance = N``) listens on ``ospfd-N.vty`` (FRR's libfrr names it so)."""
         base = self.vty_dir / self.pathspace if self.pathspace else self.vty_dir
+        if daemon == "ospfd" and self.instance is not None:
+            return base / f"{daemon}-{self.instance}.vty"
         return base / f"{daemon}.vty"
+
+    @property
+    def show(self) -> str:
+        """``show ip ospf`` (or ``show ip ospf N``: an instance's ospfd answers only the
+        instanced form of its show commands)."""
+        return "show ip ospf" if self.instance is None else f"show ip ospf {self.instance}"
 
     @property
     def router_line(self) -> str:
@@ -510,7 +520,8 @@ class FrrOspf:
 
     def originated(self) -> frozenset[str]:
         """The prefixes of the live AS-external LSAs this router originates."""
-        answer = self._vty("ospfd", ["show ip ospf database external self-originate json"])
+        answer = self._vty("ospfd", [f"{self.settings.show} database external self-originate "
+                                      "json"])
         try:
             data = json.loads(answer[0][0] or "{}")
         except ValueError:

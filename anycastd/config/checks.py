@@ -138,6 +138,24 @@ class _Rules:
         check_director(self.add, file, base, service)
         check_policy_routing(self.add, file, base, service)
         self._check_service_bgp(file, base, service, bgp)
+        self._check_service_ospf(file, base, service)
+
+    def _check_service_ospf(
+        self, file: str, base: list[str | int], service: ServiceConfig
+    ) -> None:
+        """OSPFv2 (ospfd) carries IPv4 only: an IPv6 prefix would be planned on every pass
+        and never published."""
+        if service.ospf is None:
+            return
+        for i, prefix in enumerate(service.prefixes):
+            if prefix.version == 6:
+                self.add(
+                    file,
+                    [*base, "prefixes", i],
+                    f"{prefix} cannot be published over OSPF: anycastd publishes through "
+                    "ospfd (OSPFv2, IPv4 only); give this service IPv4 prefixes only, or "
+                    "publish it over BGP",
+                )
 
     def _check_timing(
         self,

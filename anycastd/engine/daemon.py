@@ -51,6 +51,7 @@ from anycastd.engine.backends import Backends
 from anycastd.engine.causes import CauseBook
 from anycastd.engine.controller import Controller, settled
 from anycastd.engine.flags import OperatorFlags
+from anycastd.engine.lastresort import withdraw_ospf
 from anycastd.engine.reload import carry_over, check_specs, freeze_heap, reload
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
 from anycastd.engine.status import daemon_status
@@ -512,7 +513,10 @@ class Daemon:
     async def _last_resort_withdraw(self, world: World) -> None:
         """Fail closed when the planned fail-closed shutdown itself failed (the bug that
         crashed a task may sit in the planner): withdraw every route straight through the
-        speaker. Addresses and IPVS stay; with no route they attract nothing."""
+        speaker. Addresses and IPVS stay; with no route they attract nothing. OSPF routes go
+        straight through the OSPF actuator, at the same time and within the same bound."""
+        ospf = (asyncio.create_task(withdraw_ospf(world.ospf, LAST_RESORT_LIMIT))
+                if world.ospf is not None else None)
         try:
             async with asyncio.timeout(LAST_RESORT_LIMIT):
                 await world.speaker.set_routes(())
@@ -522,6 +526,8 @@ class Daemon:
         else:
             event(log, "last_resort_withdraw", level=logging.WARNING,
                   detail="every route withdrawn directly after an incomplete fail-closed stop")
+        if ospf is not None:
+            await ospf
 
     async def _watch_link(self, opener: Callable[[], LinkWatcher], controller: Controller) -> None:
         """Reconcile at once on every address or link event of the managed interface (an

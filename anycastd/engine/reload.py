@@ -13,6 +13,8 @@ withdraw.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import gc
 import logging
 import time
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anycastd.actuators.frr import OspfSettings
 from anycastd.config import Config, ConfigError, ServiceConfig, load_config
 from anycastd.core.health import (
     CheckParams,
@@ -167,7 +170,11 @@ async def reload(daemon: Daemon) -> None:
         _reject(daemon, path, 1, "the first [ospf] service needs a restart")
         return
     if ospf is not None and world is not None and world.ospf is not None:
-        world.ospf.settings = ospf  # the planner withdraws what the new config drops
+        fixed = ospf_restart_only(world.ospf.settings, ospf)
+        if fixed:
+            _reject(daemon, path, len(fixed), f"changing {', '.join(fixed)} needs a restart "
+                    "(the routing daemon's configuration is named and reached by them)")
+            return
     # a world without BGP settings (no [bgp], or a dry run: NullSpeaker) has none to update
     if world is not None and world.bgp_settings is not None and new.bgp:
         settings = bgp_settings(new.bgp)
@@ -181,6 +188,13 @@ async def reload(daemon: Daemon) -> None:
                                    for p in world.speaker.peers.values()})
         if daemon.controller is not None:
             daemon.controller.bgp_settings = settings
+    # Nothing can reject the reload any more, and what follows has no await in it. New OSPF
+    # settings wait for the pass in progress to end (its OSPF call may run in the worker
+    # thread), so no pass plans with one config and applies with the other's settings.
+    if (ospf is not None and world is not None and world.ospf is not None
+            and ospf != world.ospf.settings):
+        await _between_passes(daemon)
+        world.ospf.settings = ospf  # the planner withdraws what the new config drops
     changed = sorted(
         n for n in set(new.services) | set(daemon.config.services)
         if new.services.get(n) != daemon.config.services.get(n)
@@ -223,6 +237,27 @@ async def reload(daemon: Daemon) -> None:
     freeze_heap()
     event(log, "reloaded", config=str(path), changed=changed,
           unchanged=len(new.services) - len([n for n in changed if n in new.services]))
+
+
+#: The OSPF settings a reload may change: the rest name or reach what the routing daemon
+#: holds (the route-map, the instance, the sockets), and a change would orphan what was
+#: published under the old ones.
+OSPF_RELOADABLE = ("metrics", "metric_type", "timeout", "withdraw_wait")
+
+
+def ospf_restart_only(old: OspfSettings, new: OspfSettings) -> list[str]:
+    """The ``ospf.KEY`` names of the settings ``new`` changes that need a restart."""
+    return [f"ospf.{f.name}" for f in dataclasses.fields(OspfSettings)
+            if f.name not in OSPF_RELOADABLE and getattr(old, f.name) != getattr(new, f.name)]
+
+
+async def _between_passes(daemon: Daemon) -> None:
+    """Return once no controller pass is in progress (at most until the watchdog's stall
+    limit ends a stuck one; the daemon is restarted then)."""
+    controller = daemon.controller
+    # polled: the controller publishes ``busy_since``, not an event for "pass ended"
+    while controller is not None and controller.busy_since is not None:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
 
 
 def _reject(daemon: Daemon, path: Path, problems: int, detail: str) -> None:

@@ -90,7 +90,7 @@ CONTENT_TYPE: Final = _CONTENT_TYPE
 RECONCILE_BUCKETS: Final = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 
 #: The actuators whose writes and errors are counted (their ``ACTUATOR`` names).
-ACTUATORS: Final = ("loopback", "ipvs", "exabgp", "sysctl")
+ACTUATORS: Final = ("loopback", "ipvs", "exabgp", "sysctl", "frr")
 
 _STATES: Final = tuple(s.value for s in ServiceState)
 
@@ -156,8 +156,8 @@ class Metrics:
         )
         self._announced = Gauge(
             "anycastd_prefix_announced",
-            "1 while this node announces the service's prefix over BGP, else 0 (always 0 "
-            "without a [bgp] section: nothing is announced).",
+            "1 while this node publishes the service's prefix over BGP or OSPF, else 0 "
+            "(always 0 for a service without [ospf] when there is no [bgp] section).",
             ["service", "prefix"],
             registry=reg,
         )

@@ -67,3 +67,37 @@ def test_the_unit_keeps_only_the_capability_the_code_uses() -> None:
     assert lines["AmbientCapabilities"] == "CAP_NET_ADMIN"
     # a crash loop ends: at most 5 starts in 5 minutes
     assert (lines["StartLimitBurst"], lines["StartLimitIntervalSec"]) == ("5", "300")
+
+
+DROPIN = ROOT / "systemd" / "anycastd-frrvty.conf"
+
+
+def test_the_frrvty_drop_in_verifies_clean_and_its_score_is_documented(unit: Path) -> None:
+    # scripts/install writes it only where the group exists; with it the unit must still
+    # verify, and score at most 2.5, as docs/operations.md records
+    text = DROPIN.read_text()
+    assert "\nSupplementaryGroups=frrvty\n" in text
+    assert "SupplementaryGroups" not in UNIT.read_text()  # 216/GROUP where FRR is absent
+    merged = unit.parent / "merged" / "anycastd.service"
+    merged.parent.mkdir()
+    merged.write_text(unit.read_text().replace(
+        "[Service]\n", "[Service]\n" + text.split("[Service]\n", 1)[1], 1))
+    proc = analyze("verify", str(merged))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+    out = analyze("security", "--offline=yes", "--no-pager", str(merged)).stdout
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", out)
+    assert found, out
+    assert float(found.group(1)) <= 2.5, out
+    documented = re.search(r"with the `frrvty` drop-in: \*\*(\d+\.\d)\*\*",
+                           OPERATIONS.read_text())
+    assert documented, "docs/operations.md records no score for the frrvty drop-in"
+    assert documented.group(1) == found.group(1)
+
+
+def test_install_writes_the_drop_in_only_where_the_group_exists() -> None:
+    script = (ROOT / "scripts" / "install").read_text()
+    guarded = re.search(r"if getent group frrvty >/dev/null; then\n(.*?)\n    elif", script,
+                        re.DOTALL)
+    assert guarded, "scripts/install does not guard the frrvty drop-in by the group"
+    assert "anycastd-frrvty.conf" in guarded.group(1)
