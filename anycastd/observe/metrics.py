@@ -90,7 +90,7 @@ CONTENT_TYPE: Final = _CONTENT_TYPE
 RECONCILE_BUCKETS: Final = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 
 #: The actuators whose writes and errors are counted (their ``ACTUATOR`` names).
-ACTUATORS: Final = ("loopback", "ipvs", "exabgp", "sysctl", "frr")
+ACTUATORS: Final = ("loopback", "ipvs", "exabgp", "sysctl", "frr", "realserver", "policyroute")
 
 _STATES: Final = tuple(s.value for s in ServiceState)
 
