@@ -344,7 +344,6 @@ class _Pass:
 
     bgp1: dict[str, frozenset[Route]] = field(default_factory=dict)
     ospf1: dict[str, OspfRoute] = field(default_factory=dict)
-    ospf_targets: dict[str, OspfRoute | None] = field(default_factory=dict)
     #: prefixes the state wants served -> the route to announce (None: no BGP)
     targets: dict[str, Route | None] = field(default_factory=dict)
     #: announced prefixes kept up across a virtual service replaced in this pass
@@ -353,6 +352,11 @@ class _Pass:
     kept: set[str] = field(default_factory=set)
     drains: dict[str, float] = field(default_factory=dict)
     wakeups: list[float] = field(default_factory=list)
+
+    def serving(self, prefix: str) -> bool:
+        """Wanted, or still published on either channel in step 1 (a drain, a move): its
+        address and its policy rules stay."""
+        return prefix in self.targets or prefix in self.bgp1 or prefix in self.ospf1
 
 
 def _take_down(
@@ -462,7 +466,7 @@ def _addresses(p: _Pass, desired: Desired, observed: LoopbackObserved) -> set[Ho
         if intent.prefix in p.kept:
             ip = intent.address.ip
             want.update(a.interface for a in observed.addresses if a.owned and a.ip == ip)
-        elif intent.prefix in p.targets or intent.prefix in p.bgp1 or intent.prefix in p.ospf1:
+        elif p.serving(intent.prefix):
             want.add(intent.address)
     return want
 
@@ -472,8 +476,8 @@ def _policy(p: _Pass, desired: Desired, observed: Observed) -> PolicyDiff:
     still announced (drain) or kept."""
     if not desired.policy and observed.policy is None:
         return PolicyDiff()
-    held = p.targets.keys() | p.bgp1.keys() | p.ospf1.keys() | p.kept
-    active = {s.name for s in desired.services if any(x in held for x in s.prefixes)}
+    active = {s.name for s in desired.services
+              if any(p.serving(x) or x in p.kept for x in s.prefixes)}
     return diff_policy(desired.policy, active, observed.policy or PolicyObserved())
 
 
@@ -534,7 +538,6 @@ def plan(
         observed_ok = intent is not None and _gate(intent, _gate_owners(intent), ips, counts)
         if intent is not None and intent.wanted and not shutdown:
             p.targets[prefix] = intent.route
-            p.ospf_targets[prefix] = intent.ospf_route
             if is_up and observed_ok:
                 _hold(p, prefix, have, ohave)  # stays announced; attributes change in step 5
             elif is_up and _gate(intent, _gate_owners(intent), ips, moved):
@@ -584,14 +587,16 @@ def plan(
 
     ips_after = ips | {a.ip for a in want_addresses} if observed.loopback.up else ips
     final = dict(p.bgp1)
+    final_ospf = dict(p.ospf1)
     for prefix, target in p.targets.items():
         intent = intents[prefix]
-        if target is not None and _gate(intent, intent.announcing, ips_after, after):
+        otarget = intent.ospf_route
+        if (target is None and otarget is None) or not _gate(
+                intent, intent.announcing, ips_after, after):
+            continue
+        if target is not None:
             final[prefix] = frozenset({target})
-    final_ospf = dict(p.ospf1)
-    for prefix, otarget in p.ospf_targets.items():
-        intent = intents[prefix]
-        if otarget is not None and _gate(intent, intent.announcing, ips_after, after):
+        if otarget is not None:
             final_ospf[prefix] = otarget
 
     before = frozenset(observed.announced)
@@ -630,7 +635,7 @@ def plan(
     up_after = final.keys() | final_ospf.keys()
     phases: list[tuple[str, Phase]] = []
     for prefix in sorted(intents.keys() | up_now):
-        phases.append((prefix, _phase(prefix, p, up_now, up_after)))
+        phases.append((prefix, _phase(prefix, p, intents.get(prefix), up_now, up_after)))
     return Plan(
         state=ControllerState(tuple(sorted(p.drains.items()))),
         steps=tuple(steps),
@@ -651,6 +656,7 @@ def _hold(p: _Pass, prefix: str, have: frozenset[Route], ohave: OspfRoute | None
 def _phase(
     prefix: str,
     p: _Pass,
+    intent: PrefixIntent | None,
     announced: Collection[str],
     final: Collection[str],
 ) -> Phase:
@@ -661,6 +667,6 @@ def _phase(
     if prefix in announced:
         return "announced" if prefix in final else "withdrawing"
     if (prefix in p.targets and p.targets[prefix] is None
-            and p.ospf_targets.get(prefix) is None):
+            and intent is not None and intent.ospf_route is None):
         return "serving"  # wanted, and nothing to announce it with (no [bgp], no [ospf])
     return "announcing" if prefix in final else "withdrawn"

@@ -296,10 +296,9 @@ class Controller:
                 # End-of-RIB owed to new sessions (never raises): the BGP side is complete
                 # even when a routing daemon or policy table could not be read
                 await self.speaker.end_of_pass()
-            if not result.steps and partial is not None:
-                self._failed(partial)
-                return result
-            if not result.steps:
+                if partial is not None:
+                    self._failed(partial)
+                    return result
                 self._converged = True
                 self._backoff.failures = 0
                 self._retry_at = None
