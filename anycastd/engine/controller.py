@@ -167,6 +167,8 @@ class Controller:
         )
         #: when the pass in progress started (None between passes): the watchdog's input
         self.busy_since: float | None = None
+        self._idle = asyncio.Event()  # set while no pass is in progress
+        self._idle.set()
         self._backoff = _Backoff()
         self._retry_at: float | None = None
         self._hints: frozenset[Route] = frozenset()
@@ -244,13 +246,22 @@ class Controller:
     async def reconcile(self, *, shutdown: bool = False, fail_closed: bool = False) -> Plan:
         """Observe, plan and execute until the world converges or a step fails."""
         self.busy_since = start = self.clock.now()
+        self._idle.clear()
         self._converged = False
         try:
             return await self._reconcile(shutdown, fail_closed)
         finally:
             self.busy_since = None
+            self._idle.set()
             if self.metrics is not None:
                 self.metrics.reconcile_pass(self.clock.now() - start, self._converged)
+
+    async def between_passes(self) -> None:
+        """Return at a moment no pass is in progress: the caller's code up to its next
+        await runs before any pass starts (a pass may begin while a waiter wakes up, so
+        the condition is checked again)."""
+        while self.busy_since is not None:
+            await self._idle.wait()
 
     async def check_ipvs(self) -> None:
         """Fail start-up clearly when a service declares [ipvs] and the kernel has none."""

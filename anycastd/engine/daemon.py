@@ -471,11 +471,7 @@ class Daemon:
                     ready = self.ready_sent  # a reload before READY stays "activating"
                     if ready:
                         self.notifier.reloading()
-                    before = self.config
                     await self._guarded("reload", reload(self))
-                    for name in set(before.services) | set(self.config.services):
-                        if before.services.get(name) != self.config.services.get(name):
-                            self.causes.note(name, "reload: the service's config changed")
                     if ready:
                         self.notifier.ready(self.summary())
             limit = shutdown_limit(self.config)

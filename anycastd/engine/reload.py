@@ -13,7 +13,6 @@ withdraw.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import logging
@@ -193,12 +192,15 @@ async def reload(daemon: Daemon) -> None:
     # thread), so no pass plans with one config and applies with the other's settings.
     if (ospf is not None and world is not None and world.ospf is not None
             and ospf != world.ospf.settings):
-        await _between_passes(daemon)
+        if daemon.controller is not None:
+            await daemon.controller.between_passes()
         world.ospf.settings = ospf  # the planner withdraws what the new config drops
     changed = sorted(
         n for n in set(new.services) | set(daemon.config.services)
         if new.services.get(n) != daemon.config.services.get(n)
     )
+    for name in changed:  # the cause= of the actions this reload leads to
+        daemon.causes.note(name, "reload: the service's config changed")
     now = daemon.clock.now()
     renames = renamed(daemon.config, new)
     health = carry_over(daemon.config, daemon.scheduler.services, new, now)
@@ -249,15 +251,6 @@ def ospf_restart_only(old: OspfSettings, new: OspfSettings) -> list[str]:
     """The ``ospf.KEY`` names of the settings ``new`` changes that need a restart."""
     return [f"ospf.{f.name}" for f in dataclasses.fields(OspfSettings)
             if f.name not in OSPF_RELOADABLE and getattr(old, f.name) != getattr(new, f.name)]
-
-
-async def _between_passes(daemon: Daemon) -> None:
-    """Return once no controller pass is in progress (at most until the watchdog's stall
-    limit ends a stuck one; the daemon is restarted then)."""
-    controller = daemon.controller
-    # polled: the controller publishes ``busy_since``, not an event for "pass ended"
-    while controller is not None and controller.busy_since is not None:  # noqa: ASYNC110
-        await asyncio.sleep(0.005)
 
 
 def _reject(daemon: Daemon, path: Path, problems: int, detail: str) -> None:
