@@ -298,7 +298,6 @@ class ExabgpSupervisor:
         log.warning("exabgp_exited", extra={"exabgp_rc": rc, "ran_seconds": ran})
         return ran, rc
 
-
     # -- the warm standby ------------------------------------------------------------------
     async def _keep_standby(self) -> None:
         """After each start, once the new ExaBGP has run for a while, have a standby."""
