@@ -127,35 +127,52 @@ def family_key(prefix: str) -> str:
     return "ipv6 unicast" if ":" in prefix else "ipv4 unicast"
 
 
-def resolve(routes: Iterable[Route], settings: BgpSettings) -> Rib:
-    """The desired RIB: every route expanded to the neighbors that carry its family."""
-    index = _neighbor_index(settings)
-    families = {n.address: frozenset(n.effective_families) for n in settings.neighbors}
-    by_family = {
-        f: [n.address for n in settings.neighbors if f in families[n.address]]
-        for f in ("ipv4 unicast", "ipv6 unicast")
-    }
-    # many routes share one Attributes value (per service state): resolve each once
-    resolved: dict[Attributes, ResolvedAttributes] = {}
-    rib: Rib = {}
-    for route in routes:
+class _Resolver:
+    """``resolve`` for one settings value: the neighbor index, the families and each distinct
+    attribute set worked out once, however many routes follow (a 1,000-prefix service has
+    one attribute set per state; ``routes_from_rib`` resolves one route at a time)."""
+
+    def __init__(self, settings: BgpSettings) -> None:
+        self.settings = settings
+        self.index = _neighbor_index(settings)
+        self.families = {n.address: frozenset(n.effective_families) for n in settings.neighbors}
+        self.by_family = {
+            f: [n.address for n in settings.neighbors if f in self.families[n.address]]
+            for f in ("ipv4 unicast", "ipv6 unicast")
+        }
+        self.all = [ALL_NEIGHBORS]
+        # many routes share one Attributes value (per service state): resolve each once
+        self.resolved: dict[Attributes, ResolvedAttributes] = {}
+
+    def route(self, route: Route) -> tuple[str, list[str], ResolvedAttributes]:
+        """(normalised prefix, the neighbors that carry it, its resolved attributes)."""
         prefix = normalize_prefix(route.prefix)
         family = family_key(prefix)
-        attrs = resolved.get(route.attributes)
+        attrs = self.resolved.get(route.attributes)
         if attrs is None:
-            attrs = resolved[route.attributes] = resolve_attributes(route.attributes, settings)
+            attrs = self.resolved[route.attributes] = resolve_attributes(
+                route.attributes, self.settings)
         if route.neighbors:
             targets: list[str] = []
             for ref in route.neighbors:
-                neighbor = index.get(ref)
+                neighbor = self.index.get(ref)
                 if neighbor is None:
                     raise PlanError(f"route {prefix}: unknown neighbor {ref!r}")
-                if family in families[neighbor.address]:
+                if family in self.families[neighbor.address]:
                     targets.append(neighbor.address)
-        elif settings.neighbors:
-            targets = by_family[family]
+        elif self.settings.neighbors:
+            targets = self.by_family[family]
         else:
-            targets = [ALL_NEIGHBORS]
+            targets = self.all
+        return prefix, targets, attrs
+
+
+def resolve(routes: Iterable[Route], settings: BgpSettings) -> Rib:
+    """The desired RIB: every route expanded to the neighbors that carry its family."""
+    resolver = _Resolver(settings)
+    rib: Rib = {}
+    for route in routes:
+        prefix, targets, attrs = resolver.route(route)
         for target in targets:
             rib[(target, prefix)] = attrs
     return rib
@@ -183,14 +200,15 @@ def routes_from_rib(
     hinted: dict[str, list[Route]] = {}
     for route in hints:
         hinted.setdefault(normalize_prefix(route.prefix), []).append(route)
+    resolver = _Resolver(settings)
     for prefix, entries in by_prefix.items():
         match = None
         for route in hinted.get(prefix, ()):
             try:
-                resolved = resolve([route], settings)
+                _, carriers, attrs = resolver.route(route)
             except ValueError:  # PlanError is a ValueError: an unknown neighbor
                 continue
-            if {n: a for (n, _), a in resolved.items()} == entries:
+            if dict.fromkeys(carriers, attrs) == entries:
                 match = route
                 break
         if match is not None:

@@ -72,6 +72,8 @@ from anycastd.observe.metrics import Metrics
 
 log = logging.getLogger("anycastd.controller")
 _T = TypeVar("_T")
+#: ``compute``'s inputs besides the config: states, real servers up, failing services
+_Inputs = tuple[dict[str, ServiceState], dict[RealServerKey, bool], frozenset[str]]
 
 #: Passes in a row without a wait; a world that never converges is retried with backoff.
 MAX_PASSES = 8
@@ -179,6 +181,7 @@ class Controller:
         self._converged = False  # the pass in progress ended with nothing left to do
         self._held_ospf: frozenset[OspfRoute] = frozenset()  # the same for OSPF
         self._observe_error: ActuatorError | None = None  # a part of this pass not read
+        self._desired_memo: tuple[Config, _Inputs, Desired] | None = None
 
     # ---- inputs
 
@@ -239,7 +242,15 @@ class Controller:
             return fallback
 
     def desired(self) -> Desired:
-        return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
+        """``compute`` (pure, ~50 ms at 1,000 prefixes) again only when its inputs changed:
+        most passes (timer, drift, reconnect, read-back) see the same config and health."""
+        inputs = (dict(self._states()), dict(self._rs_up()), frozenset(self._failing()))
+        memo = self._desired_memo
+        if memo is not None and memo[0] is self.config and memo[1] == inputs:
+            return memo[2]
+        desired = compute(self.config, inputs[0], inputs[1], failing=inputs[2])
+        self._desired_memo = (self.config, inputs, desired)
+        return desired
 
     # ---- one pass
 
@@ -430,6 +441,10 @@ class Controller:
         if isinstance(step, BgpStep):
             before = self._held
             held = {r.prefix for r in before}
+            withdrawn = sorted(held - {r.prefix for r in step.routes})
+            await self.speaker.set_routes(step.routes)
+            # logged once done: a log line never claims a failure (a pass that finds the
+            # relay away logs nothing), and 1,000 lines are not written ahead of the routes
             for route in sorted(step.routes - before, key=_route_key):
                 attrs = route.attributes
                 update = route.prefix in held
@@ -438,9 +453,7 @@ class Controller:
                       communities=list(attrs.communities), prepend=attrs.as_path_prepend,
                       **self._why(who.prefix(route.prefix), "attributes differ from the "
                                   "state's" if update else "route missing at the speaker"))
-            withdrawn = sorted(held - {r.prefix for r in step.routes})
-            await self.speaker.set_routes(step.routes)
-            for prefix in withdrawn:  # logged once done: a log line never claims a failure
+            for prefix in withdrawn:
                 event(log, "bgp_withdraw", prefix=prefix,
                       **self._why(who.prefix(prefix), "route announced but not wanted"))
             self._last_routes = self._held = step.routes
