@@ -244,6 +244,19 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from anycastd.bgp import standby
+
+    if not args.dry_run:
+        # a managed ExaBGP imports itself on the other core while anycastd does (~0.15 s of
+        # a start; bench/README_startup.md); ended below if the daemon never takes it
+        standby.prewarm(args.config)
+    try:
+        return _run(args)
+    finally:
+        standby.discard()
+
+
+def _run(args: argparse.Namespace) -> int:
     from anycastd.durations import DurationError, parse_duration
     from anycastd.engine.daemon import run_daemon
     from anycastd.engine.world import build_world, dry_run_world

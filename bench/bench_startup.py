@@ -39,6 +39,7 @@ the same load. ``--prefixes 1`` measures a one-route node.
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import os
 import shutil
@@ -149,6 +150,12 @@ def main() -> None:
     args = parser.parse_args()
     wanted = prefixes(args.prefixes)
     wanted_set = set(wanted)
+    # An installed anycastd has its bytecode compiled (pip compiles at install; the unit's
+    # ProtectSystem=strict would not let it be written later). A source tree under
+    # PYTHONDONTWRITEBYTECODE=1 would compile ~60 modules from source at every start (~85 ms).
+    for tree in (REPO / "anycastd", REPO / "healthchecks",
+                 *([args.compare / "anycastd"] if args.compare is not None else [])):
+        compileall.compile_dir(tree, quiet=1)
 
     with bench_run("startup", args.out) as (work, results), topology(work) as topo:
         frr = topo.peer.frr
@@ -335,7 +342,9 @@ def main() -> None:
 
 
 def exabgp_pid(anycastd_pid: int) -> int:
-    """The managed ExaBGP: the child of anycastd whose command line runs exabgp."""
+    """The managed ExaBGP: the child of anycastd whose command line runs exabgp (a cold
+    start) or whose process name is exabgp (a warm standby told ``go``; a waiting standby
+    has the interpreter's name)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -344,8 +353,10 @@ def exabgp_pid(anycastd_pid: int) -> int:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        comm = stat.split("(", 1)[1].rsplit(")", 1)[0]
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == anycastd_pid and any(b"exabgp" in part for part in cmdline[:2]):
+        if ppid == anycastd_pid and (comm == "exabgp"
+                                     or any(b"exabgp" in part for part in cmdline[:2])):
             return int(entry)
     raise AssertionError("no managed ExaBGP found")
 

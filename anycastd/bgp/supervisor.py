@@ -5,14 +5,15 @@ ExaBGP is a child that dies with anycastd (fail closed: PR_SET_PDEATHSIG), is re
 once after its first exit and with exponential backoff after each further exit (reset after
 a stable run, :func:`restart_delay`), and its output becomes structured log records.
 
-Warm standby: most of an ExaBGP start is Python importing ExaBGP (~0.3 s of the ~0.35 s
-before it connects, bench/README_startup.md). Once ExaBGP has run for
-:data:`STANDBY_DELAY`, a standby process is prepared: the same interpreter, ExaBGP's modules
-imported, blocked reading one line on its stdin -- no config read, no socket, no session.
-When the running ExaBGP exits, the standby is told ``go`` and runs ExaBGP's ``main`` on the
-config as it is then; a new standby follows. It dies with anycastd like ExaBGP itself. Used
-only when ``exabgp`` is a Python console script (its shebang names the interpreter);
-otherwise every restart is a cold start.
+Warm standby (``bgp/standby.py``): most of an ExaBGP start is Python importing ExaBGP (~0.3 s
+of the ~0.35 s before it connects, bench/README_startup.md). The first ExaBGP of a start is
+the standby ``anycastd run`` started before its own imports, when there is one
+(:func:`standby.claim`). Once ExaBGP has run for :data:`STANDBY_DELAY`, the next standby is
+prepared: the same interpreter, ExaBGP's modules imported, blocked reading one line on its
+stdin -- no config read, no socket, no session. When the running ExaBGP exits, the standby is
+told ``go`` and runs ExaBGP's ``main`` on the config and environment as they are then; a new
+standby follows. It dies with anycastd like ExaBGP itself. Used only when ``exabgp`` is a
+Python console script (its shebang names the interpreter); otherwise every start is cold.
 The API side (routes, read-back, the relay socket) is :mod:`anycastd.bgp.speaker`.
 """
 
@@ -23,12 +24,14 @@ import contextlib
 import logging
 import os
 import pwd
-import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
+from anycastd.bgp import standby
 from anycastd.bgp.client import ACTUATOR
 from anycastd.children import pdeathsig
 from anycastd.errors import PermanentError
@@ -48,41 +51,81 @@ VERIFY_WINDOW = 10.0
 #: compete for CPU with a start-up).
 STANDBY_DELAY = 2.0
 
-#: The standby: import ExaBGP ahead of need, wait for ``go``, then be ``exabgp CONFIG``.
-#: stdin EOF (anycastd closed it, or died) ends it without starting anything. ``sys.argv``
-#: is ExaBGP's own before the import: ExaBGP derives its root (and so its env file,
-#: ``ROOT/etc/exabgp/exabgp.env``) from ``sys.argv[0]`` at import time.
-_STANDBY = """\
-import os, sys
-sys.argv = sys.argv[1:]
-from exabgp.application.main import main
-if sys.stdin.readline() != "go\\n":
-    os._exit(0)
-fd = os.open(os.devnull, os.O_RDONLY)
-os.dup2(fd, 0)
-os.close(fd)
-sys.exit(main())
-"""
+class _Stdin(Protocol):
+    def write(self, data: bytes) -> object: ...
 
 
-def standby_interpreter(exabgp: str) -> str | None:
-    """The Python that runs ``exabgp`` if it is a console script of ExaBGP's (its shebang
-    names an interpreter and it calls ``exabgp.application.main``); None otherwise."""
-    path = shutil.which(exabgp)
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
-        return None
-    first, _, rest = head.partition(b"\n")
-    if not first.startswith(b"#!") or b"exabgp.application.main import main" not in rest:
-        return None
-    interpreter = first[2:].strip().decode("utf-8", "replace")
-    if " " in interpreter or not os.path.basename(interpreter).startswith("python"):
-        return None
-    return interpreter if os.access(interpreter, os.X_OK) else None
+class _Child(Protocol):
+    """What the supervisor uses of a child: asyncio's Process, or :class:`_Adopted`."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdin(self) -> _Stdin | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    async def wait(self) -> int: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+class _Adopted:
+    """A child started before the event loop (``subprocess.Popen``: the early standby) with
+    the interface of asyncio's Process: its output read through the loop, its exit seen on a
+    pidfd (no thread, no polling; asyncio's child watcher knows only its own children)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], stdout: asyncio.StreamReader,
+                 exited: asyncio.Future[None]) -> None:
+        self._popen = popen
+        self.stdin = popen.stdin
+        self.stdout = stdout
+        self._exited = exited
+
+    @classmethod
+    async def adopt(cls, popen: subprocess.Popen[bytes]) -> _Adopted:
+        """Raises OSError (no pidfd: a kernel before 5.3) -- the caller starts cold."""
+        loop = asyncio.get_running_loop()
+        if popen.stdout is None:  # pragma: no cover - PIPE was requested
+            raise OSError("the early standby has no stdout pipe")
+        pidfd = os.pidfd_open(popen.pid)
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def gone() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            popen.wait()  # reaps it: the pidfd says it has exited
+            if popen.stdin is not None:
+                popen.stdin.close()
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, gone)
+        reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+                                     popen.stdout)
+        return cls(popen, reader, exited)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        await asyncio.shield(self._exited)
+        return self._popen.returncode if self._popen.returncode is not None else -1
+
+    def terminate(self) -> None:
+        if self._popen.returncode is None:
+            self._popen.terminate()
+
+    def kill(self) -> None:
+        if self._popen.returncode is None:
+            self._popen.kill()
 
 
 def _user_name() -> str:
@@ -157,8 +200,8 @@ class ExabgpSupervisor:
         self.exabgp_starts = 0
         #: how many starts used the warm standby (the rest were cold)
         self.standby_starts = 0
-        self._interpreter = standby_interpreter(exabgp)
-        self._standby: asyncio.subprocess.Process | None = None
+        self._interpreter = standby.interpreter(exabgp)
+        self._standby: _Child | None = None
         self._started = asyncio.Event()  # an ExaBGP has started: prepare the next standby
 
     def install(self, text: str) -> None:
@@ -228,6 +271,7 @@ class ExabgpSupervisor:
         with an error within :data:`VERIFY_WINDOW`, ``validate(verify)`` runs and its
         PermanentError (ExaBGP rejects the config) ends ``run``: a start-up error."""
         try:
+            await self._adopt_early()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._keep_standby())
                 await self._restart_loop(verify)
@@ -254,7 +298,7 @@ class ExabgpSupervisor:
         """Start ExaBGP and wait for its exit: (seconds it ran, exit code); (0, None) when
         it did not start."""
         started = time.monotonic()
-        proc = self._wake_standby()
+        proc: _Child | None = self._wake_standby()
         warm = proc is not None
         if proc is None:
             try:
@@ -299,18 +343,30 @@ class ExabgpSupervisor:
         return ran, rc
 
     # -- the warm standby ------------------------------------------------------------------
+    async def _adopt_early(self) -> None:
+        """The standby ``anycastd run`` started before its imports becomes the first one."""
+        early = standby.claim(self.exabgp)
+        if early is None:
+            return
+        try:
+            self._standby = await _Adopted.adopt(early)
+        except OSError as exc:  # no pidfd: the first start is a cold one
+            log.warning("exabgp_standby_failed", extra={"error": str(exc)})
+            early.kill()
+            early.wait()
+
     async def _keep_standby(self) -> None:
         """After each start, once the new ExaBGP has run for a while, have a standby."""
         while True:
             await self._started.wait()
             self._started.clear()
             await asyncio.sleep(STANDBY_DELAY)
-            standby = self._standby
-            if self._interpreter is None or (standby is not None and standby.returncode is None):
+            current = self._standby
+            if self._interpreter is None or (current is not None and current.returncode is None):
                 continue
             try:
                 self._standby = await asyncio.create_subprocess_exec(
-                    self._interpreter, "-c", _STANDBY, self.exabgp, str(self.config_path),
+                    *standby.argv(self._interpreter, self.exabgp),
                     env=self.env,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
@@ -321,14 +377,15 @@ class ExabgpSupervisor:
             except OSError as exc:  # no standby: the next restart is a cold one
                 log.warning("exabgp_standby_failed", extra={"error": str(exc)})
 
-    def _wake_standby(self) -> asyncio.subprocess.Process | None:
+    def _wake_standby(self) -> _Child | None:
         """The standby, told to become ExaBGP; None if there is none alive."""
         proc, self._standby = self._standby, None
         if proc is None:
             return None
         if proc.returncode is None and proc.stdin is not None:
             try:
-                proc.stdin.write(b"go\n")
+                proc.stdin.write(standby.go_line([self.exabgp, str(self.config_path)],
+                                                 self.env))
             except (OSError, RuntimeError):
                 pass
             else:
@@ -360,7 +417,7 @@ def log_exabgp_line(raw: bytes, pid: int) -> None:
     )
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+async def _terminate(proc: _Child, grace: float = 5.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.terminate()
     try:

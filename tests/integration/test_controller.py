@@ -291,6 +291,25 @@ def test_managed_restart_adopts_the_address_without_touching_it(topo: Topo) -> N
     assert second.terminate() == 0
 
 
+def test_the_first_exabgp_is_the_standby_started_before_the_imports(topo: Topo) -> None:
+    """``anycastd run`` starts ExaBGP's imports before its own (bgp/standby.py): the first
+    ExaBGP is that warm standby, named exabgp, and it still dies with anycastd (fail
+    closed: SIGKILL anycastd -> the route leaves the peer)."""
+    svc = Service("web", "192.0.2.45/32", 8115)
+    topo.listener(svc.port)
+    daemon = topo.anycastd(topo.write_config([svc]))
+    announced(topo, svc.prefix)
+    first = daemon.events("exabgp_started")[0]
+    assert first.fields["warm"] == "true", first.fields
+    pid = int(first.fields["exabgp_pid"])
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "exabgp"
+    os.kill(daemon.pid, signal.SIGKILL)
+    wait_for(lambda: not topo.peer.has(svc.prefix), timeout=10)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists()
+             or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+             timeout=10)
+
+
 def test_external_restart_sends_no_update_for_a_healthy_service(topo: Topo) -> None:
     svc = Service("web", "192.0.2.51/32", 8121, shutdown="keep")
     topo.listener(svc.port)

@@ -11,13 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from anycastd.bgp import standby
 from anycastd.bgp.speaker import ExabgpSpeaker
-from anycastd.bgp.supervisor import (
-    _STANDBY,
-    ExabgpSupervisor,
-    restart_delay,
-    standby_interpreter,
-)
+from anycastd.bgp.supervisor import ExabgpSupervisor, restart_delay
 from anycastd.errors import PermanentError
 from anycastd.model import BgpSettings, Neighbor
 
@@ -71,12 +67,12 @@ def test_the_standby_runs_under_the_interpreter_of_exabgps_console_script(
     script.write_text(f"#!{sys.executable}\nimport sys\n"
                       "from exabgp.application.main import main\nsys.exit(main())\n")
     script.chmod(0o755)
-    assert standby_interpreter(str(script)) == sys.executable
+    assert standby.interpreter(str(script)) == sys.executable
     wrapper = tmp_path / "exabgp-wrapper"
     wrapper.write_text("#!/bin/sh\nexec /usr/bin/exabgp \"$@\"\n")
     wrapper.chmod(0o755)
-    assert standby_interpreter(str(wrapper)) is None  # anything else: cold restarts only
-    assert standby_interpreter(str(tmp_path / "missing")) is None
+    assert standby.interpreter(str(wrapper)) is None  # anything else: cold restarts only
+    assert standby.interpreter(str(tmp_path / "missing")) is None
 
 
 def test_a_warm_exabgp_reads_the_same_env_file_as_a_cold_one(tmp_path: Path) -> None:
@@ -94,9 +90,10 @@ def test_a_warm_exabgp_reads_the_same_env_file_as_a_cold_one(tmp_path: Path) -> 
            if not k.lower().startswith("exabgp") and k != "PYTHONPATH"}
     cold = subprocess.run([str(script), "env"], capture_output=True, text=True, env=env,
                           timeout=60, check=True)
-    interpreter = standby_interpreter(str(script))
+    interpreter = standby.interpreter(str(script))
     assert interpreter is not None
-    warm = subprocess.run([interpreter, "-c", _STANDBY, str(script), "env"], input="go\n",
+    go = standby.go_line([str(script), "env"], env).decode()
+    warm = subprocess.run(standby.argv(interpreter, str(script)), input=go,
                           capture_output=True, text=True, env=env, timeout=60, check=True)
     assert "port = 1790" in cold.stdout
     assert "port = 1790" in warm.stdout
