@@ -31,6 +31,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -52,17 +53,20 @@ from anycastd.engine.causes import CauseBook
 from anycastd.engine.controller import Controller, settled
 from anycastd.engine.flags import OperatorFlags
 from anycastd.engine.lastresort import withdraw_ospf
+from anycastd.engine.listeners import Listeners
 from anycastd.engine.reload import carry_over, check_specs, freeze_heap, reload
 from anycastd.engine.scheduler import CheckSpec, Clock, MonotonicClock, Scheduler
 from anycastd.engine.status import daemon_status
 from anycastd.engine.world import World, WorldFactory, build_world
 from anycastd.errors import ActuatorError, StartupError
-from anycastd.observe.api import ApiServer, FlagKind, create_app
 from anycastd.observe.logs import configure as configure_logging
 from anycastd.observe.logs import event
 from anycastd.observe.metrics import HealthSource, Metrics
 from anycastd.observe.status import PeerTracker
 from anycastd.observe.systemd import Notifier, status_line
+
+if TYPE_CHECKING:  # aiohttp loads only when the API is served (engine.listeners)
+    from anycastd.observe.api import FlagKind
 
 log = logging.getLogger("anycastd")
 
@@ -155,7 +159,7 @@ class Daemon:
         self.rs_scheduler: Scheduler | None = None
         self.backends = Backends(config)
         self._sched_task: asyncio.Task[None] | None = None
-        self._api: list[ApiServer] = []
+        self.listeners = Listeners(config.api, config.global_.runtime_dir)
         self.world: World | None = None
         self.controller: Controller | None = None
         self.peers = PeerTracker()
@@ -301,31 +305,6 @@ class Daemon:
     def set_flag(self, service: str, kind: FlagKind, on: bool) -> bool:
         return self.flags.set_flag(service, kind, on)
 
-    async def _start_api(self) -> None:
-        """The read-only TCP listener (status, metrics) and the control socket (status and
-        the operator flags, file permissions decide who may use them)."""
-        api = self.config.api
-        if not api.enabled:
-            return
-        metrics = self.metrics if self.config.metrics.enabled else None
-        tcp, control = (
-            ApiServer(create_app(status_provider=self.status, alive=self.alive,
-                                 set_flag=self.set_flag, metrics=m, control=c))
-            for m, c in ((metrics, False), (None, True))
-        )
-        self._api = [tcp, control]
-        try:
-            await tcp.start(api.host, api.port)
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {api.listen} (api.listen): {exc}") from None
-        path = api.socket_path(self.config.global_.runtime_dir)
-        try:
-            await control.start_unix(path, group=api.socket_group)
-        except OSError as exc:
-            raise StartupError(f"cannot serve the control socket {path} (api.socket): "
-                               f"{exc}") from None
-        event(log, "api_listening", url=tcp.url, control=control.url)
-
     # ---- lifecycle
 
     async def run(self, duration: float | None = None) -> int:
@@ -379,13 +358,12 @@ class Daemon:
         freeze_heap()
         try:
             await self.controller.check_ipvs()
-            await self._start_api()
+            self.listeners.bind()
             return await self._main_loop(duration, world, self.controller)
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:
-            for server in self._api:
-                await server.stop()
+            await self.listeners.close()
             world.close()
             if self.controller is not None:
                 self.controller.close()
@@ -459,6 +437,10 @@ class Daemon:
             if duration is not None:
                 helpers.append(tg.create_task(guarded("timer", self._stop_after(duration))))
             helpers.append(tg.create_task(guarded("notify_ready", self._notify_ready(controller))))
+            metrics = self.metrics if self.config.metrics.enabled else None
+            helpers.append(tg.create_task(guarded("api", self.listeners.serve(
+                controller.first_pass, status=self.status, alive=self.alive,
+                set_flag=self.set_flag, metrics=metrics))))
             event(log, "started", node=self.config.global_.node,
                   services=len(self.config.services), config=str(self.config_path))
             while True:

@@ -23,12 +23,14 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from anycastd.config import Config
 from anycastd.engine.scheduler import Scheduler
-from anycastd.observe.api import FlagKind
 from anycastd.observe.logs import event
+
+if TYPE_CHECKING:  # aiohttp loads only when the daemon serves its API
+    from anycastd.observe.api import FlagKind
 
 log = logging.getLogger("anycastd")
 _T = TypeVar("_T")

@@ -3,8 +3,8 @@
 Rule: the API holds no state of its own and never touches the health engine: it calls the
 callables the daemon hands in (``status_provider``, ``alive``, ``set_flag``) and renders a
 :class:`~anycastd.observe.metrics.Metrics`. It is served with aiohttp's ``AppRunner`` +
-``TCPSite`` / ``UnixSite`` inside the daemon's event loop (never ``web.run_app``, which
-would own the loop and the signals).
+``SockSite`` on sockets bound by ``observe.sockets``, inside the daemon's event loop (never
+``web.run_app``, which would own the loop and the signals).
 
 Two listeners, two applications::
 
@@ -27,12 +27,9 @@ file system decides who may drain a service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import grp
 import http.client
 import json
 import logging
-import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +39,7 @@ from typing import Any, Final, Literal
 from aiohttp import web
 
 from anycastd.observe.metrics import CONTENT_TYPE, Metrics
+from anycastd.observe.sockets import listen_tcp, listen_unix, unlink
 
 __all__ = [
     "DEFAULT_HOST",
@@ -213,47 +211,35 @@ class ApiServer:
     async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
         """Listen on ``host`` (an IPv4/IPv6 address, ``[v6]`` brackets allowed) and
         ``port`` (0: any free port; see :attr:`addresses`)."""
-        if self._runner is not None:
-            return
-        runner = web.AppRunner(
-            self._app, access_log=None, shutdown_timeout=self._shutdown_timeout
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host.strip("[]"), port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        if self._runner is None:
+            await self.serve(listen_tcp(host, port))
 
     async def start_unix(self, path: Path, *, group: str = "", mode: int = 0o660) -> None:
-        """Listen on the unix socket ``path`` with ``mode`` and ``group`` ("" keeps the
-        process's group). A stale socket file is replaced; one that answers (another
-        anycastd) raises OSError(EADDRINUSE), like a taken TCP port. An unknown group, or
-        one this process may not chown to, raises OSError too."""
+        """Listen on the unix socket ``path`` with ``mode`` and ``group``
+        (:func:`~anycastd.observe.sockets.listen_unix`: a live socket, an unknown group or
+        one this process may not chown to raise OSError)."""
+        if self._runner is None:
+            await self.serve([listen_unix(path, group=group, mode=mode)], path=path)
+
+    async def serve(self, socks: list[socket.socket], *, path: Path | None = None) -> None:
+        """Serve on sockets already listening (``observe.sockets``; the daemon binds them
+        at start and serves them after its first pass). ``path``: the unix socket's file,
+        removed at :meth:`stop`. The sockets belong to the server from here on."""
         if self._runner is not None:
             return
-        gid = -1
-        if group:
-            try:
-                gid = grp.getgrnam(group).gr_gid
-            except KeyError:
-                raise OSError(f"no group named {group!r} (api.socket_group)") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(path)
         runner = web.AppRunner(
             self._app, access_log=None, shutdown_timeout=self._shutdown_timeout
         )
-        await runner.setup()
         try:
-            site = web.UnixSite(runner, str(path))
-            await site.start()
-            os.chown(path, -1, gid)
-            os.chmod(path, mode)
+            await runner.setup()
+            for sock in socks:
+                await web.SockSite(runner, sock).start()
         except BaseException:
             await runner.cleanup()
-            _unlink(path)
+            for sock in socks:
+                sock.close()
+            if path is not None:
+                unlink(path)
             raise
         self._runner = runner
         self._path = path
@@ -264,7 +250,7 @@ class ApiServer:
             await runner.cleanup()
         path, self._path = self._path, None
         if path is not None:
-            _unlink(path)
+            unlink(path)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -280,25 +266,6 @@ class ApiServer:
             return f"unix:{self._path}"
         host, port = self.addresses[0]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
-
-
-def _remove_stale(path: Path) -> None:
-    """Remove a socket file nobody answers on; refuse to take over a live one."""
-    if not path.exists() and not path.is_symlink():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()
-            return
-    raise OSError(98, f"{path}: another process answers on this socket")
 
 
 # --------------------------------------------------------------------------- client
