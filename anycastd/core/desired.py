@@ -67,6 +67,7 @@ missing from ``real_servers_up`` is down.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -284,16 +285,19 @@ def _community_key(value: str) -> tuple[int, ...]:
 def route_for(prefix: str, attrs: BgpStateAttrs) -> Route:
     """The route of ``prefix`` with a state's attributes (communities sorted, so equal
     meaning compares equal)."""
-    return Route(
-        prefix=prefix,
-        attributes=Attributes(
-            med=attrs.med,
-            local_preference=attrs.local_preference,
-            communities=tuple(sorted(set(attrs.communities), key=_community_key)),
-            large_communities=tuple(sorted(set(attrs.large_communities), key=_community_key)),
-            as_path_prepend=attrs.as_path_prepend,
-        ),
-        neighbors=tuple(attrs.neighbors or ()),
+    return Route(prefix=prefix, attributes=_attributes(attrs),
+                 neighbors=tuple(attrs.neighbors or ()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _attributes(attrs: BgpStateAttrs) -> Attributes:
+    """One value per state's attributes (frozen, hashable): shared by all its routes."""
+    return Attributes(
+        med=attrs.med,
+        local_preference=attrs.local_preference,
+        communities=tuple(sorted(set(attrs.communities), key=_community_key)),
+        large_communities=tuple(sorted(set(attrs.large_communities), key=_community_key)),
+        as_path_prepend=attrs.as_path_prepend,
     )
 
 
@@ -301,8 +305,16 @@ def _is_host(network: _Network) -> bool:
     return network.prefixlen == network.max_prefixlen
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _host_address(network: _Network) -> HostAddress:
+    # cached: ip_interface parses text again (~25 us); the config's networks are few, and
+    # the same objects every pass
     return ipaddress.ip_interface((network.network_address, network.max_prefixlen))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _text(network: _Network) -> str:
+    return str(network)
 
 
 def _virtual_services(svc: ServiceConfig) -> dict[str, tuple[VirtualService, ...]]:
@@ -446,28 +458,72 @@ def _shutdown_of(policies: list[ShutdownPolicy]) -> ShutdownPolicy:
     return "withdraw"
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What every prefix of one owner set has in common (a 1,000-prefix service: 1,000
+    prefixes, one of these per ``compute``)."""
+
+    owners: tuple[ServiceConfig, ...]  # by name
+    state: ServiceState
+    attrs: BgpStateAttrs | None  # the route's attributes (an announcing owner's state)
+    demote: BgpStateAttrs | None
+    announcing: tuple[str, ...]
+    ospf_metric: int | None  # the metric owner's, whatever it announces
+    ospf_route_metric: int | None  # the best announcing OSPF owner's
+    ospf_demote_metric: int | None
+    drain_time: float
+    shutdown: ShutdownPolicy
+    drainers: tuple[str, ...]
+
+
+def _shared(owners: list[ServiceConfig], intents: Mapping[str, ServiceIntent]) -> _Shared:
+    owners = sorted(owners, key=lambda s: s.name)
+    announcing = [s for s in owners if intents[s.name].announces]
+    best = min(announcing, key=lambda s: _RANK[intents[s.name].state], default=None)
+    state = min((intents[s.name].state for s in owners), key=_RANK.__getitem__)
+    attrs = None
+    if best is not None:
+        state = intents[best.name].state
+        attrs = best.bgp.for_state(state.value)
+        assert attrs is not None  # noqa: S101 -- announcing states have attributes
+    demoter = next((s for s in owners if s.bgp.draining.announce), None)
+    metric_owner = best or owners[0]
+    # OSPF: the best announcing owner that publishes through OSPF; the demote comes from
+    # the first owner by name with [ospf] whose draining state announces (as for BGP)
+    ospf_best = min((s for s in announcing if s.ospf is not None),
+                    key=lambda s: _RANK[intents[s.name].state], default=None)
+    ospf_demoter = next(
+        (s for s in owners if s.ospf is not None and s.bgp.draining.announce), None
+    )
+    return _Shared(
+        owners=tuple(owners),
+        state=state,
+        attrs=attrs,
+        demote=demoter.bgp.draining if demoter is not None else None,
+        announcing=tuple(s.name for s in announcing),
+        ospf_metric=_ospf_metric(metric_owner, intents[metric_owner.name].state),
+        ospf_route_metric=(_ospf_metric(ospf_best, intents[ospf_best.name].state)
+                           if ospf_best is not None else None),
+        ospf_demote_metric=(ospf_demoter.ospf.metric.draining
+                            if ospf_demoter is not None and ospf_demoter.ospf is not None
+                            else None),
+        drain_time=max(s.drain_time for s in owners),
+        shutdown=_shutdown_of([s.shutdown for s in owners]),
+        # a shared prefix drains only through an owner that can still serve it
+        drainers=tuple(s.name for s in owners if not intents[s.name].failing),
+    )
+
+
 def _prefix_intent(
     net: _Network,
-    owners: list[ServiceConfig],
-    intents: Mapping[str, ServiceIntent],
+    shared: _Shared,
     vses: Mapping[str, dict[str, tuple[VirtualService, ...]]],
     up: Mapping[RealServerKey, bool],
     *,
     bgp: bool,
 ) -> PrefixIntent:
-    prefix = str(net)
-    owners = sorted(owners, key=lambda s: s.name)
-    announcing = [s for s in owners if intents[s.name].announces]
-    best = min(announcing, key=lambda s: _RANK[intents[s.name].state], default=None)
-    route: Route | None = None
-    state = min((intents[s.name].state for s in owners), key=_RANK.__getitem__)
-    if best is not None:
-        state = intents[best.name].state
-        attrs = best.bgp.for_state(state.value)
-        assert attrs is not None  # noqa: S101 -- announcing states have attributes
-        route = route_for(prefix, attrs) if bgp else None
-    demoter = next((s for s in owners if s.bgp.draining.announce), None)
-    demote = route_for(prefix, demoter.bgp.draining) if demoter is not None and bgp else None
+    prefix = _text(net)
+    owners = shared.owners
     guards = tuple(
         (
             s.name,
@@ -479,35 +535,25 @@ def _prefix_intent(
         )
         for s in owners
     )
-    metric_owner = best or owners[0]
-    # OSPF: the best announcing owner that publishes through OSPF; the demote comes from
-    # the first owner by name with [ospf] whose draining state announces (as for BGP)
-    ospf_best = min((s for s in announcing if s.ospf is not None),
-                    key=lambda s: _RANK[intents[s.name].state], default=None)
-    ospf_metric = (_ospf_metric(ospf_best, intents[ospf_best.name].state)
-                   if ospf_best is not None else None)
-    ospf_demoter = next(
-        (s for s in owners if s.ospf is not None and s.bgp.draining.announce), None
-    )
+    ospf_metric = shared.ospf_route_metric
     return PrefixIntent(
         prefix=prefix,
         owners=tuple(s.name for s in owners),
-        state=state,
-        route=route,
-        demote=demote,
-        drain_time=max(s.drain_time for s in owners),
-        shutdown=_shutdown_of([s.shutdown for s in owners]),
+        state=shared.state,
+        route=route_for(prefix, shared.attrs) if shared.attrs is not None and bgp else None,
+        demote=route_for(prefix, shared.demote) if shared.demote is not None and bgp else None,
+        drain_time=shared.drain_time,
+        shutdown=shared.shutdown,
         address=_host_address(net) if _is_host(net) else None,
         guards=guards,
-        announcing=tuple(s.name for s in announcing),
-        ospf_metric=_ospf_metric(metric_owner, intents[metric_owner.name].state),
+        announcing=shared.announcing,
+        ospf_metric=shared.ospf_metric,
         virtual_services=tuple(sorted({vs for s in owners for vs in vses[s.name].get(prefix, ())})),
-        wanted=best is not None,
-        # a shared prefix drains only through an owner that can still serve it
-        drainers=tuple(s.name for s in owners if not intents[s.name].failing),
+        wanted=shared.attrs is not None,
+        drainers=shared.drainers,
         ospf_route=OspfRoute(prefix, ospf_metric) if ospf_metric is not None else None,
-        ospf_demote=(OspfRoute(prefix, ospf_demoter.ospf.metric.draining)
-                     if ospf_demoter is not None and ospf_demoter.ospf is not None else None),
+        ospf_demote=(OspfRoute(prefix, shared.ospf_demote_metric)
+                     if shared.ospf_demote_metric is not None else None),
     )
 
 
@@ -547,10 +593,15 @@ def compute(
         for net in svc.prefixes:
             by_prefix.setdefault(net, []).append(svc)
     ordered = sorted(by_prefix, key=lambda n: (n.version, n.network_address, n.prefixlen))
+    shared: dict[tuple[str, ...], _Shared] = {}
+    for owners in by_prefix.values():
+        names = tuple(s.name for s in owners)
+        if names not in shared:
+            shared[names] = _shared(owners, intents)
     return Desired(
         prefixes=tuple(
             _prefix_intent(
-                n, by_prefix[n], intents, vses, up,
+                n, shared[tuple(s.name for s in by_prefix[n])], vses, up,
                 # a backend's VIP ([real_server]) is the director's to announce, never ours
                 bgp=config.bgp is not None and all(s.real_server is None for s in by_prefix[n]),
             )

@@ -105,6 +105,9 @@ LARGE = {
     # One pure state machine (the pass, its gates, the take-down table): OSPF rides along
     # with BGP in the same pass (619 lines with it); split, its order rules would be apart.
     "anycastd/core/plan.py": "one planning pass: BGP and OSPF in one ordered plan",
+    # One pure function of config and health, and the per-state table it implements (617
+    # lines once the owners' shared part was computed once per owner set, not per prefix).
+    "anycastd/core/desired.py": "the desired state: compute() and the state table",
 }
 
 
