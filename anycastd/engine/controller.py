@@ -37,7 +37,7 @@ from anycastd.actuators.policyroute import PolicyRouteActuator
 from anycastd.actuators.realserver import RealServerActuator
 from anycastd.bgp.protocol import Speaker
 from anycastd.config import Config
-from anycastd.core.desired import Desired, RealServerKey, compute
+from anycastd.core.desired import Desired, RealServerKey
 from anycastd.core.health import CheckState, ServiceHealth, ServiceState
 from anycastd.core.plan import (
     BgpStep,
@@ -56,6 +56,7 @@ from anycastd.core.policyroute import tables
 from anycastd.core.rib import routes_from_rib
 from anycastd.engine.causes import CauseBook, Owners, service_field
 from anycastd.engine.exports import pass_samples
+from anycastd.engine.retire import Retiree, Retirements
 from anycastd.engine.scheduler import Clock
 from anycastd.errors import ActuatorError, PermanentError, StartupError, TransientError
 from anycastd.model import (
@@ -151,6 +152,8 @@ class Controller:
         #: why each action happens (``cause=`` on action events; ``engine.causes``)
         self.causes = causes if causes is not None else CauseBook()
         self._owners = Owners(None)
+        #: services a reload removed, drained before they go (``engine.retire``)
+        self.retiring = Retirements()
         self.state = ControllerState()
         self.last_plan: Plan | None = None
         self.last_observed: Observed | None = None
@@ -192,6 +195,12 @@ class Controller:
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self.poke()
+
+    def retire(self, old: Config, new: Config, **carried: Any) -> dict[str, Retiree]:
+        """A reload from ``old`` to ``new``, before the new health: ``Retirements.reload``."""
+        return self.retiring.reload(
+            old, new, now=self.clock.now(), states=self._states(),
+            real_servers_up=self._rs_up(), failing=self._failing(), **carried)
 
     # ---- observation
 
@@ -239,7 +248,7 @@ class Controller:
             return fallback
 
     def desired(self) -> Desired:
-        return compute(self.config, self._states(), self._rs_up(), failing=self._failing())
+        return self.retiring.desired(self.config, self._states(), self._rs_up(), self._failing())
 
     # ---- one pass
 
@@ -303,6 +312,7 @@ class Controller:
             self.last_plan, self.last_observed = result, observed
             self.passes += 1
             self._export(desired, observed)
+            self.retiring.settle(observed, result.state)
             if not result.steps:
                 # End-of-RIB owed to new sessions (never raises): the BGP side is complete
                 # even when a routing daemon or policy table could not be read
@@ -522,7 +532,8 @@ class Controller:
         # computed when scraped, from values of this pass (the RIB-out copied: it changes)
         rib = dict(self.speaker.sent) if self.bgp_settings is not None else None
         self.metrics.set_pass(functools.partial(
-            pass_samples, self.config, desired, observed, rib, self.bgp_settings))
+            pass_samples, self.retiring.config(self.config), desired, observed, rib,
+            self.bgp_settings))
 
     # ---- the loop
 
