@@ -11,9 +11,10 @@ observes none of its prefixes published and no drain running for them; what is l
 
 Decisions (docs/operations.md, "A reload that removes a service"):
 
-* Only a service that announced and passed its checks at the reload is drained; one that
-  was down or failing (checks, too few real servers) has nothing to drain to: whatever of
-  it is still published is withdrawn at once, as for any failure.
+* Only a service that was serving at the reload (up, draining, maintenance or disabled,
+  its checks passing) is drained, and only what of it is still published; one that was down
+  or failing (checks, too few real servers) has nothing to drain to: whatever of it is
+  still published is withdrawn at once, as for any failure.
 * ``drain_time`` governs, whatever ``shutdown`` says: ``shutdown`` is the policy of a stop;
   a removal is planned like maintenance. A stop during the drain continues it (the drain
   keeps its start): the retiring service stops as ``drain-then-withdraw`` (``keep`` would
@@ -53,7 +54,9 @@ log = logging.getLogger("anycastd.controller")
 #: the ``reason`` /status shows for a retiring service, and the ``cause=`` of its actions
 REASON = "reload: removed from the config; draining before its withdraw"
 
-_ANNOUNCING = (ServiceState.UP, ServiceState.DRAINING, ServiceState.MAINTENANCE)
+#: states at the reload from which a removal is planned work (a drain)
+_PLANNED = (ServiceState.UP, ServiceState.DRAINING, ServiceState.MAINTENANCE,
+            ServiceState.DISABLED)
 
 
 def same_identity(a: ServiceConfig, b: ServiceConfig) -> bool:
@@ -79,7 +82,7 @@ class Retiree:
 
     service: ServiceConfig
     original: ServiceConfig
-    #: its state at the reload; ``planned``: it announced and passed its checks then
+    #: its state at the reload; ``planned``: it was serving then (a drain, not a failure)
     state: ServiceState
     planned: bool
     since: float
@@ -153,7 +156,9 @@ class Retirements:
             if svc.real_server is not None:
                 continue  # a director's VIP on this node: nothing published to drain
             state = states.get(name, ServiceState.DOWN)
-            planned = (not svc.disabled and state in _ANNOUNCING and name not in failing)
+            # DISABLED: a drain that ``disabled = true`` started may still run (it ends as
+            # it would have); a disabled service with nothing published just goes
+            planned = state in _PLANNED and name not in failing
             rs = {k: v for k, v in real_servers_up.items() if k[0] == name}
             prefix = f"{name}/"
             self._by_name[name] = Retiree(
