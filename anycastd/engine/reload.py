@@ -180,7 +180,7 @@ async def reload(daemon: Daemon) -> None:
         _reject(daemon, path, 1, "the first [real_server] or [policy_routing] service needs "
                 "a restart")
         return
-    ospf = ospf_settings(new)
+    ospf = ospf_settings(_publishing(daemon, new))
     if ospf is not None and world is not None and world.ospf is None:
         _reject(daemon, path, 1, "the first [ospf] service needs a restart")
         return
@@ -267,6 +267,19 @@ async def reload(daemon: Daemon) -> None:
     freeze_heap()
     event(log, "reloaded", config=str(path), changed=changed,
           unchanged=len(new.services) - len([n for n in changed if n in new.services]))
+
+
+def _publishing(daemon: Daemon, new: Config) -> Config:
+    """``new`` plus the services it removes and those still retiring: for the OSPF settings,
+    so a retiring service's route keeps its route-map entry (its metrics) while it drains
+    (the entries of metrics no service uses any more go at a later reload)."""
+    extra = {n: s for n, s in daemon.config.services.items() if n not in new.services}
+    if daemon.controller is not None:
+        extra.update((r.name, r.service) for r in daemon.controller.retiring
+                     if r.name not in new.services)
+    if not extra:
+        return new
+    return new.model_copy(update={"services": {**extra, **new.services}})
 
 
 #: The OSPF settings a reload may change: the rest name or reach what the routing daemon

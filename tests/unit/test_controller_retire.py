@@ -18,6 +18,7 @@ from anycastd.config import Config, loads
 from anycastd.core.health import ServiceState
 from anycastd.core.plan import ControllerState, LoopbackStep, Observed, OspfStep, plan
 from anycastd.engine.reload import carry_over, revive
+from anycastd.engine.reload import reload as ospf_reload
 from anycastd.engine.retire import Retirements
 from anycastd.model import GRACEFUL_SHUTDOWN, AddAddress, OspfRoute
 from anycastd.testing.loopback import FakeLoopback
@@ -34,6 +35,7 @@ from tests.unit.test_controller import (
     converged,
 )
 from tests.unit.test_daemon import A, B, Node, fast, running, wait_for
+from tests.unit.test_ospf_reload import SERVICE, OspfNode, _text
 
 DOWN = ServiceState.DOWN
 
@@ -359,3 +361,27 @@ async def test_the_daemon_carries_the_health_of_a_service_back_within_its_drain(
         assert node.state("b") is ServiceState.UP  # carried, not started afresh (down)
         assert all(B in rib for _, rib in node.speaker.timeline[mark:])  # never withdrawn
         assert node.holds(B)
+
+
+async def test_a_removed_ospf_service_keeps_its_metrics_in_the_route_map_while_it_drains(
+    tmp_path: Path,
+) -> None:
+    # b's metrics are its own: a reload that dropped them from the route-map at once would
+    # take its route out of OSPF without the draining metric first
+    b = SERVICE.format(a=B, tmp=tmp_path, up=20).replace("services.a", "services.b").replace(
+        "a-ok", "b-ok").replace("up = 20", "up = 20, draining = 200, maintenance = 300")
+    b = b.replace('drain_time = "300ms"', 'drain_time = "1s"')
+    node = OspfNode(tmp_path, _text(tmp_path) + b)
+    (tmp_path / "a-ok").touch()
+    (tmp_path / "b-ok").touch()
+    async with running(node):  # type: ignore[arg-type]
+        await wait_for(lambda: node.published() == {OspfRoute(A, 10), OspfRoute(B, 20)},
+                       within=10.0)
+        assert node.daemon is not None
+        assert node.ospf is not None
+        node.path.write_text(_text(tmp_path))
+        await ospf_reload(node.daemon)
+        assert {20, 200, 300} <= set(node.ospf.settings.metrics)
+        await wait_for(lambda: node.published() == {OspfRoute(A, 10), OspfRoute(B, 200)})
+        await wait_for(lambda: node.published() == {OspfRoute(A, 10)} and not any(
+            a.ip == ipaddress.ip_interface(B).ip for a in node.lo.addresses))
