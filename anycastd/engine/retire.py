@@ -30,7 +30,8 @@ Decisions (docs/operations.md, "A reload that removes a service"):
   to another service in one reload. A retiring service left with no prefix goes.
 * A new config that reuses the name for another service ends the retirement at once (what
   the new one does not declare is withdrawn, as when a service's prefixes change): one
-  name is one service in logs, metrics and status.
+  name is one service in logs, metrics and status. So does a new service with the same
+  IPVS fwmark: one virtual service has one owner.
 * A ``[real_server]`` service publishes nothing to drain: it goes at once.
 """
 
@@ -173,9 +174,16 @@ class Retirements:
                   planned=planned,
                   detail="removed from the config: demote, drain, then withdraw" if planned
                   else "removed from the config while not serving: withdrawn at once")
+        marks = {s.ipvs.fwmark for s in new.services.values()
+                 if s.ipvs is not None and s.ipvs.protocol == "fwmark"}
         for name, r in sorted(self._by_name.items()):
             if name in new.services:
                 self._end(name, "the new config reuses the name for another service")
+                continue
+            ipvs = r.service.ipvs
+            if ipvs is not None and ipvs.protocol == "fwmark" and ipvs.fwmark in marks:
+                # one virtual service, one owner (as for a prefix)
+                self._end(name, "the new config uses its fwmark for another service")
                 continue
             keep = tuple(p for p in r.service.prefixes if p not in claimed)
             if not keep:

@@ -385,3 +385,20 @@ async def test_a_removed_ospf_service_keeps_its_metrics_in_the_route_map_while_i
         await wait_for(lambda: node.published() == {OspfRoute(A, 10), OspfRoute(B, 200)})
         await wait_for(lambda: node.published() == {OspfRoute(A, 10)} and not any(
             a.ip == ipaddress.ip_interface(B).ip for a in node.lo.addresses))
+
+
+def test_a_new_service_with_the_fwmark_of_a_retiring_one_ends_its_retirement() -> None:
+    def fwmark(name: str, prefix: str) -> str:
+        return (f'[services.{name}]\nprefixes = ["{prefix}"]\n'
+                f'[[services.{name}.checks]]\ntype = "file"\npath = "/nonexistent/{name}"\n'
+                f'[services.{name}.ipvs]\nprotocol = "fwmark"\nfwmark = 7\n'
+                f'[[services.{name}.ipvs.real_servers]]\naddress = "10.1.0.1"\n')
+
+    old = loads(CONTROLLER_HEAD + fwmark("web", "192.0.2.10/32"))
+    retiring = Retirements()
+    retiring.reload(old, loads(CONTROLLER_HEAD), now=0.0, states={"web": UP},
+                    real_servers_up={})
+    assert "web" in retiring
+    mail = loads(CONTROLLER_HEAD + fwmark("mail", "192.0.2.25/32"))
+    retiring.reload(loads(CONTROLLER_HEAD), mail, now=1.0, states={}, real_servers_up={})
+    assert not retiring  # one virtual service (fwmark 7), one owner: the new service
