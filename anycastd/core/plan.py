@@ -61,8 +61,9 @@ and ``drain_time > 0``. A prefix that was not announced is not demoted. The drai
 ``since + drain_time`` or, once the demote route is observed, when the active IPVS
 connections of the prefix's virtual services are at most ``drain_connections``, whichever
 comes first. If an owner wants the prefix again during the drain, the drain is forgotten and
-the route goes back to its state's attributes (no withdraw). Prefixes not in the config any
-more (reload) and ``withdraw`` policies are withdrawn without a demote. State advances only
+the route goes back to its state's attributes (no withdraw). Prefixes no service declares
+(a leftover; a service a reload removed stays in ``desired`` until drained, engine/retire.py)
+and ``withdraw`` policies are withdrawn without a demote. State advances only
 from observation: a drain is forgotten when the prefix is observed withdrawn, never because
 a step was planned.
 

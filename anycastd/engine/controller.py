@@ -37,7 +37,7 @@ from anycastd.actuators.policyroute import PolicyRouteActuator
 from anycastd.actuators.realserver import RealServerActuator
 from anycastd.bgp.protocol import Speaker
 from anycastd.config import Config
-from anycastd.core.desired import Desired, RealServerKey, compute
+from anycastd.core.desired import Desired, RealServerKey
 from anycastd.core.health import CheckState, ServiceHealth, ServiceState
 from anycastd.core.plan import (
     BgpStep,
@@ -56,6 +56,7 @@ from anycastd.core.policyroute import tables
 from anycastd.core.rib import routes_from_rib
 from anycastd.engine.causes import CauseBook, Owners, service_field
 from anycastd.engine.exports import pass_samples
+from anycastd.engine.retire import Retiree, Retirements
 from anycastd.engine.scheduler import Clock
 from anycastd.errors import ActuatorError, PermanentError, StartupError, TransientError
 from anycastd.model import (
@@ -72,8 +73,6 @@ from anycastd.observe.metrics import Metrics
 
 log = logging.getLogger("anycastd.controller")
 _T = TypeVar("_T")
-#: ``compute``'s inputs besides the config: states, real servers up, failing services
-_Inputs = tuple[dict[str, ServiceState], dict[RealServerKey, bool], frozenset[str]]
 
 #: Passes in a row without a wait; a world that never converges is retried with backoff.
 MAX_PASSES = 8
@@ -153,6 +152,8 @@ class Controller:
         #: why each action happens (``cause=`` on action events; ``engine.causes``)
         self.causes = causes if causes is not None else CauseBook()
         self._owners = Owners(None)
+        #: services a reload removed, drained before they go (``engine.retire``)
+        self.retiring = Retirements()
         self.state = ControllerState()
         self.last_plan: Plan | None = None
         self.last_observed: Observed | None = None
@@ -181,7 +182,6 @@ class Controller:
         self._converged = False  # the pass in progress ended with nothing left to do
         self._held_ospf: frozenset[OspfRoute] = frozenset()  # the same for OSPF
         self._observe_error: ActuatorError | None = None  # a part of this pass not read
-        self._desired_memo: tuple[Config, _Inputs, Desired] | None = None
 
     # ---- inputs
 
@@ -195,6 +195,12 @@ class Controller:
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self.poke()
+
+    def retire(self, old: Config, new: Config, **carried: Any) -> dict[str, Retiree]:
+        """A reload from ``old`` to ``new``, before the new health: ``Retirements.reload``."""
+        return self.retiring.reload(
+            old, new, now=self.clock.now(), states=self._states(),
+            real_servers_up=self._rs_up(), failing=self._failing(), **carried)
 
     # ---- observation
 
@@ -242,15 +248,7 @@ class Controller:
             return fallback
 
     def desired(self) -> Desired:
-        """``compute`` (pure, ~50 ms at 1,000 prefixes) again only when its inputs changed:
-        most passes (timer, drift, reconnect, read-back) see the same config and health."""
-        inputs = (dict(self._states()), dict(self._rs_up()), frozenset(self._failing()))
-        memo = self._desired_memo
-        if memo is not None and memo[0] is self.config and memo[1] == inputs:
-            return memo[2]
-        desired = compute(self.config, inputs[0], inputs[1], failing=inputs[2])
-        self._desired_memo = (self.config, inputs, desired)
-        return desired
+        return self.retiring.desired(self.config, self._states(), self._rs_up(), self._failing())
 
     # ---- one pass
 
@@ -314,6 +312,7 @@ class Controller:
             self.last_plan, self.last_observed = result, observed
             self.passes += 1
             self._export(desired, observed)
+            self.retiring.settle(observed, result.state)
             if not result.steps:
                 # End-of-RIB owed to new sessions (never raises): the BGP side is complete
                 # even when a routing daemon or policy table could not be read
@@ -535,7 +534,8 @@ class Controller:
         # computed when scraped, from values of this pass (the RIB-out copied: it changes)
         rib = dict(self.speaker.sent) if self.bgp_settings is not None else None
         self.metrics.set_pass(functools.partial(
-            pass_samples, self.config, desired, observed, rib, self.bgp_settings))
+            pass_samples, self.retiring.config(self.config), desired, observed, rib,
+            self.bgp_settings))
 
     # ---- the loop
 

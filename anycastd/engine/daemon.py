@@ -29,7 +29,7 @@ import logging
 import signal
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,9 +126,11 @@ def required_sysctls(config: Config) -> dict[str, str]:
     return sysctl.required_sysctls(methods, families)
 
 
-def shutdown_limit(config: Config) -> float:
-    """The longest a stop may take: the longest drain, plus time for the writes."""
+def shutdown_limit(config: Config, retiring: Iterable[float] = ()) -> float:
+    """The longest a stop may take: the longest drain (``retiring``: those of services a
+    reload removed, which a stop continues), plus time for the writes."""
     drains = [s.drain_time for s in config.services.values() if s.shutdown != "withdraw"]
+    drains.extend(retiring)
     return max(drains, default=0.0) + 15.0
 
 
@@ -456,7 +458,7 @@ class Daemon:
                     await self._guarded("reload", reload(self))
                     if ready:
                         self.notifier.ready(self.summary())
-            limit = shutdown_limit(self.config)
+            limit = shutdown_limit(self.config, controller.retiring.drain_times())
             # the shutdown drain may outlast TimeoutStopSec: tell systemd how long it may take
             self.notifier.stopping(f"stopping: shutdown policy, at most {limit:g}s")
             self.notifier.extend_timeout(limit + UNWIND_LIMIT + LAST_RESORT_LIMIT + 5.0)

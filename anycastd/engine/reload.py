@@ -8,7 +8,9 @@ keep their health value exactly (counters, damping), changed services are ``reco
 (checks kept by name keep their counters), new ones start fresh. A service's identity is its
 prefixes and checks, not its name: a renamed service keeps its health, its real servers'
 health and its operator flags (``reload_carried`` in the log), so a rename is not a
-withdraw.
+withdraw. A removed service is taken down the planned way (demote, drain, withdraw) by the
+controller (:mod:`anycastd.engine.retire`); one that comes back before it is gone continues
+its health (:func:`revive`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from anycastd.core.health import (
     Policy,
     ServiceHealth,
     ServiceParams,
+    ServiceState,
     carried,
 )
 from anycastd.engine.backends import Backends
 from anycastd.engine.flags import ApiFlags
 from anycastd.engine.probes import check_spec
+from anycastd.engine.retire import Retiree, same_identity
 from anycastd.engine.scheduler import CheckSpec
 from anycastd.engine.world import bgp_settings, ospf_settings
 from anycastd.errors import ActuatorError
@@ -89,23 +93,35 @@ def renamed(old_config: Config | None, new_config: Config) -> dict[str, str]:
     added = [svc for name, svc in new.items() if name not in old]
     out: dict[str, str] = {}
     for svc in added:
-        matches = [o for o in gone if _same_identity(o, svc)]
-        if len(matches) == 1 and sum(_same_identity(matches[0], a) for a in added) == 1:
+        matches = [o for o in gone if same_identity(o, svc)]
+        if len(matches) == 1 and sum(same_identity(matches[0], a) for a in added) == 1:
             out[svc.name] = matches[0].name
     return out
 
 
-def _same_identity(a: ServiceConfig, b: ServiceConfig) -> bool:
-    return (set(a.prefixes) == set(b.prefixes) and a.checks == b.checks
-            and _real_server_checks(a) == _real_server_checks(b))
-
-
-def _real_server_checks(svc: ServiceConfig) -> dict[tuple[str, int | None], object]:
-    """(address, port) -> checks of each real server: their health is carried too, so they
-    are part of the identity (weights and the like are not)."""
-    if svc.ipvs is None:
-        return {}
-    return {(str(rs.address), rs.port): rs.checks for rs in svc.ipvs.real_servers}
+def revive(
+    revived: Mapping[str, Retiree],
+    new: Config,
+    health: dict[str, ServiceHealth],
+    rs_health: Mapping[str, ServiceHealth],
+    renames: Mapping[str, str],
+    *,
+    now: float,
+) -> tuple[Mapping[str, ServiceHealth], Mapping[str, str]]:
+    """A re-added service whose retirement a reload cancelled continues the health it had
+    (updates ``health``): no withdraw/announce flap. Returns the real servers' previous
+    health and the renames to carry theirs with (the retiree's name -> the new one)."""
+    rs = dict(rs_health)
+    names = dict(renames)
+    for name, r in revived.items():
+        svc = new.services[name]
+        if r.health is not None:
+            health[name] = carried(r.health, service_params(svc), now,
+                                   unchanged=r.original == svc)
+        rs.update(r.rs_health)
+        if r.name != name:
+            names[name] = r.name
+    return rs, names
 
 
 def carry_over(
@@ -164,7 +180,7 @@ async def reload(daemon: Daemon) -> None:
         _reject(daemon, path, 1, "the first [real_server] or [policy_routing] service needs "
                 "a restart")
         return
-    ospf = ospf_settings(new)
+    ospf = ospf_settings(_publishing(daemon, new))
     if ospf is not None and world is not None and world.ospf is None:
         _reject(daemon, path, 1, "the first [ospf] service needs a restart")
         return
@@ -200,10 +216,19 @@ async def reload(daemon: Daemon) -> None:
         if new.services.get(n) != daemon.config.services.get(n)
     )
     for name in changed:  # the cause= of the actions this reload leads to
-        daemon.causes.note(name, "reload: the service's config changed")
+        daemon.causes.note(name, "reload: the service's config changed"
+                           if name in new.services else "reload: removed from the config")
     now = daemon.clock.now()
     renames = renamed(daemon.config, new)
     health = carry_over(daemon.config, daemon.scheduler.services, new, now)
+    rs_previous: Mapping[str, ServiceHealth] = daemon.rs_health()
+    rs_renames: Mapping[str, str] = renames
+    ctl = daemon.controller
+    if ctl is not None:  # removed services retire: demote, drain, withdraw (engine.retire)
+        revived = ctl.retire(daemon.config, new, renames=renames,
+                             health=daemon.scheduler.services, rs_health=rs_previous,
+                             forget=daemon.metrics.forget_service)
+        rs_previous, rs_renames = revive(revived, new, health, rs_previous, renames, now=now)
     old_config, daemon.config = daemon.config, new
     daemon.scheduler.reload(daemon.specs(), health)
     backends = Backends(new)
@@ -213,7 +238,7 @@ async def reload(daemon: Daemon) -> None:
     if daemon.rs_scheduler is not None:
         daemon.rs_scheduler.reload(
             daemon.backends.specs,
-            daemon.backends.initial(daemon.rs_health(), now, renames),
+            daemon.backends.initial(rs_previous, now, rs_renames),
         )
     daemon.flags.reconfigure(new, renames)
     for to, was in sorted(renames.items()):
@@ -225,6 +250,9 @@ async def reload(daemon: Daemon) -> None:
               detail="same prefixes and checks: health and operator flags carried over",
               **fields)
     daemon.metrics.sync(health)
+    if ctl is not None:  # a retiring service reads draining until it goes
+        daemon.metrics.set_service_states(
+            {r.name: ServiceState.DRAINING if r.planned else r.state for r in ctl.retiring})
     daemon.metrics.reload(True, time.time())
     daemon.reload_ok = True
     if daemon.controller is not None:
@@ -239,6 +267,19 @@ async def reload(daemon: Daemon) -> None:
     freeze_heap()
     event(log, "reloaded", config=str(path), changed=changed,
           unchanged=len(new.services) - len([n for n in changed if n in new.services]))
+
+
+def _publishing(daemon: Daemon, new: Config) -> Config:
+    """``new`` plus the services it removes and those still retiring: for the OSPF settings,
+    so a retiring service's route keeps its route-map entry (its metrics) while it drains
+    (the entries of metrics no service uses any more go at a later reload)."""
+    extra = {n: s for n, s in daemon.config.services.items() if n not in new.services}
+    if daemon.controller is not None:
+        extra.update((r.name, r.service) for r in daemon.controller.retiring
+                     if r.name not in new.services)
+    if not extra:
+        return new
+    return new.model_copy(update={"services": {**extra, **new.services}})
 
 
 #: The OSPF settings a reload may change: the rest name or reach what the routing daemon

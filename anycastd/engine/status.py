@@ -36,6 +36,10 @@ def daemon_status(
     if config.bgp is not None:
         extra["bgp"] = peers.section(now)
     ctl = controller
+    if ctl is not None and ctl.retiring:
+        # a service a reload removed shows (draining) until it is withdrawn and gone
+        services = {**ctl.retiring.shown_health(), **services}
+        config = ctl.retiring.config(config)
     methods = {name: published(config, world, name) for name in config.services}
     if ctl is not None and ctl.last_observed is not None:
         obs = ctl.last_observed

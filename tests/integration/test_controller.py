@@ -170,6 +170,52 @@ def _services_for_reload() -> tuple[list[Service], list[Service]]:
     return [keep, gone, changed], [keep, changed2, new]
 
 
+def test_a_reload_that_removes_a_service_demotes_drains_then_withdraws(topo: Topo) -> None:
+    # A reload that removes a service is a planned take-down (DESIGN.md): the removed
+    # service's graceful-shutdown community first, its drain_time (2 s), the withdraw, and
+    # only then its address. The service that stays sees nothing at all.
+    prefix = "192.0.2.12/32"
+    stay = Service("alpha", "192.0.2.11/32", 8081)
+    gone = Service("web", prefix, 8082, drain_time="2s")
+    for svc in (stay, gone):
+        topo.listener(svc.port)
+    daemon = topo.anycastd(topo.write_config([stay, gone]))
+    announced(topo, stay.prefix)
+    announced(topo, prefix)
+    during: list[dict[str, object]] = []
+
+    def reload() -> None:
+        topo.write_config([stay])
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        during.append(daemon.api("/status"))
+
+    tl = take_down(topo, daemon, prefix, reload)
+
+    assert [u.withdrawn for u in tl.updates] == [False, True], tl.updates
+    demote, withdraw = tl.updates
+    assert demote.graceful_shutdown, demote
+    assert withdraw.t - demote.t >= 1.95, "the drain (2 s) came before the withdraw"
+    assert any(s.value for s in tl.sampler.gshut), "vtysh saw the demoted path (65535:0)"
+    assert tl.removed > demote.t + 1.95
+    assert_never_announced_without_the_address(topo, prefix, tl, withdraw)
+    assert topo.peer.updates(stay.prefix, since=tl.t0) == []
+    assert topo.monitor.of("192.0.2.11", since=tl.t0) == []
+
+    # anycastd's account: demote, withdraw, remove, each for web, caused by the reload
+    order = [ln for ln in tl.lines if ln.event in ("bgp_update", "bgp_withdraw", "loopback")]
+    assert [ln.event for ln in order] == ["bgp_update", "bgp_withdraw", "loopback"], order
+    assert all(ln.fields["service"] == "web" for ln in order), order
+    assert all(ln.fields["cause"].startswith("reload") for ln in order), order
+    # /status during the drain shows the removed service draining; once gone, it is gone
+    (doc,) = during
+    services = doc["services"]
+    assert isinstance(services, dict)
+    assert services["web"]["state"] == "draining", services
+    assert services["web"]["announced"] == [prefix]
+    wait_for(lambda: "web" not in daemon.api("/status")["services"], timeout=5)
+
+
 def test_reload_applies_only_the_difference(topo: Topo) -> None:
     before, after = _services_for_reload()
     for port in (8091, 8092, 8093, 8094):
@@ -206,9 +252,12 @@ def test_reload_applies_only_the_difference(topo: Topo) -> None:
     assert changes, "the MED change reached the peer"
     assert not any(u.withdrawn for u in changes), changes
     assert topo.monitor.of("192.0.2.23", since=t_reload) == []
-    # the removed one is withdrawn (config gone: no drain) before its address goes
-    (gone,) = topo.peer.updates("192.0.2.22/32", since=t_reload)
+    # the removed one is demoted, drained (1 s) and withdrawn before its address goes
+    demoted, gone = topo.peer.updates("192.0.2.22/32", since=t_reload)
+    assert demoted.graceful_shutdown
+    assert not demoted.withdrawn
     assert gone.withdrawn
+    assert gone.t - demoted.t >= 0.95
     (removed,) = topo.monitor.of("192.0.2.22", since=t_reload)
     assert not removed.added
     assert gone.t + MARGIN <= removed.t
