@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,6 +57,22 @@ sys.exit(main())
 """
 
 
+def find_exabgp(name: str) -> str:
+    """``name`` on PATH, else beside this Python (the venv anycastd runs from: systemd's
+    PATH does not include it), else ``name`` unchanged (the speaker reports it missing)."""
+    if "/" in name or shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def _absolute(exabgp: str) -> str:
+    """The executable's absolute path, as a cold start's ExaBGP sees itself (the kernel
+    hands the interpreter the script's path as found on PATH)."""
+    found = shutil.which(exabgp)
+    return os.path.abspath(found) if found is not None else exabgp
+
+
 def interpreter(exabgp: str) -> str | None:
     """The Python that runs ``exabgp`` if it is a console script of ExaBGP's (its shebang
     names an interpreter and it calls ``exabgp.application.main``); None otherwise."""
@@ -77,8 +94,9 @@ def interpreter(exabgp: str) -> str | None:
 
 
 def argv(python: str, exabgp: str) -> list[str]:
-    """The standby's command line."""
-    return [python, "-c", SCRIPT, exabgp]
+    """The standby's command line: ExaBGP by its absolute path, so that a warm ExaBGP finds
+    the env file a cold one finds (``ROOT/etc/exabgp/exabgp.env``, ROOT from argv[0])."""
+    return [python, "-c", SCRIPT, _absolute(exabgp)]
 
 
 def go_line(exabgp_argv: Sequence[str], env: Mapping[str, str]) -> bytes:
@@ -109,12 +127,14 @@ def prewarm(config_path: Path) -> None:
     exabgp = bgp.get("exabgp", "exabgp")
     if not isinstance(exabgp, str) or not exabgp:
         return
+    exabgp = find_exabgp(exabgp)  # as the daemon will (engine/world.py)
     python = interpreter(exabgp)
     if python is None:
         return
     try:
         proc = subprocess.Popen(
             argv(python, exabgp),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # as exabgp_env() has it
             bufsize=0,  # the go line is written at once; stdout is read by the event loop
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -130,19 +150,20 @@ def claim(exabgp: str) -> subprocess.Popen[bytes] | None:
     """The standby :func:`prewarm` started, if it is for ``exabgp`` and still waits; once."""
     for name, proc in list(_early.items()):
         del _early[name]
-        if proc.poll() is None and shutil.which(name) == shutil.which(exabgp):
+        if proc.poll() is None and _absolute(name) == _absolute(exabgp):
             return proc
-        _end(proc)
+        end(proc)
     return None
 
 
 def discard() -> None:
     """End the early standby if nobody claimed it (``anycastd run`` did not get that far)."""
     for name in list(_early):
-        _end(_early.pop(name))
+        end(_early.pop(name))
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
+def end(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a standby nobody will use, reap it, close our ends of its pipes."""
     with contextlib.suppress(OSError):
         proc.kill()
     proc.wait()

@@ -10,8 +10,6 @@ and the node is left untouched (``anycastd run --dry-run``, and the demo).
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from anycastd.actuators.policyroute import (
 from anycastd.actuators.realserver import KernelRealServer, MemoryRealServer, RealServerActuator
 from anycastd.bgp.protocol import NullSpeaker, PeerState, Speaker
 from anycastd.bgp.speaker import ExabgpSpeaker
+from anycastd.bgp.standby import find_exabgp
 from anycastd.config import BgpConfig, Config, OspfGlobal
 from anycastd.core.realserver import NodeObserved
 from anycastd.core.realserver import needs as real_server_needs
@@ -60,15 +59,6 @@ class World:
 
 
 WorldFactory = Callable[[Config, Callable[[PeerState], None]], World]
-
-
-def find_exabgp(name: str) -> str:
-    """``name`` on PATH, else beside this Python (the venv anycastd runs from: systemd's
-    PATH does not include it), else ``name`` unchanged (the speaker reports it missing)."""
-    if "/" in name or shutil.which(name):
-        return name
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else name
 
 
 def bgp_settings(bgp: BgpConfig) -> BgpSettings:

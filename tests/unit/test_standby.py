@@ -3,6 +3,7 @@ against real processes (the venv's ExaBGP; no network, no config of ExaBGP's is 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -127,3 +128,60 @@ def test_a_standby_told_go_is_named_exabgp(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_bare_name_finds_the_exabgp_beside_this_python_as_the_daemon_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd's PATH does not include the venv: the default ``exabgp = "exabgp"`` is the
+    one beside anycastd's Python (``find_exabgp``), for the standby as for the daemon."""
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    standby.prewarm(_config(tmp_path, MANAGED.replace(EXABGP, "exabgp")))
+    proc = standby.claim(standby.find_exabgp("exabgp"))
+    assert proc is not None, "no standby for the default exabgp"
+    proc.kill()
+    proc.wait()
+
+
+def test_the_standby_runs_exabgp_by_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ExaBGP finds its env file from ``sys.argv[0]`` at import: a bare name would make it
+    look under the working directory, where a cold ExaBGP (exec'd through PATH, so its
+    script path is absolute) looks beside its executable."""
+    monkeypatch.setenv("PATH", f"{Path(EXABGP).parent}:/usr/bin:/bin")
+    standby.prewarm(_config(tmp_path, MANAGED.replace(EXABGP, "exabgp")))
+    proc = standby.claim("exabgp")
+    assert proc is not None
+    proc.kill()
+    proc.wait()
+    assert proc.args[-1] == EXABGP
+    assert standby.argv(sys.executable, "exabgp")[-1] == EXABGP
+
+
+async def test_an_adopted_standby_is_read_and_reaped_through_the_event_loop() -> None:
+    """The early standby is a Popen made before the loop: the supervisor reads its output
+    through the loop and sees its exit on a pidfd, and the process is reaped (no zombie)."""
+    from anycastd.bgp.supervisor import _Adopted
+
+    # made before the loop runs, as `anycastd run` makes it (a blocking Popen on purpose)
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.readline()"],
+        bufsize=0, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = await _Adopted.adopt(proc)
+    assert child.stdout is not None
+    async with asyncio.timeout(30):
+        assert await child.stdout.readline() == b"ready\n"
+        assert child.returncode is None
+        child.terminate()
+        assert await child.wait() == -15
+        assert await child.stdout.readline() == b""  # EOF: the pipe is the loop's, closed
+    assert child.returncode == -15
+    assert not _alive(proc.pid)
+    assert not _exists(proc.pid), "reaped, not a zombie"
+    assert proc.stdin is not None
+    assert proc.stdin.closed
+
+
+def _exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
