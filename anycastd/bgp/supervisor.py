@@ -92,9 +92,12 @@ class _Adopted:
         pidfd = os.pidfd_open(popen.pid)
         exited: asyncio.Future[None] = loop.create_future()
 
-        def gone() -> None:
+        def forget() -> None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
+
+        def gone() -> None:
+            forget()
             popen.wait()  # reaps it: the pidfd says it has exited
             if popen.stdin is not None:
                 popen.stdin.close()
@@ -103,8 +106,13 @@ class _Adopted:
 
         loop.add_reader(pidfd, gone)
         reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
-                                     popen.stdout)
+        try:
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader, loop=loop), popen.stdout)
+        except BaseException:  # the caller ends the process; the pidfd is ours to close
+            if not exited.done():
+                forget()
+            raise
         return cls(popen, reader, exited)
 
     @property
@@ -350,10 +358,11 @@ class ExabgpSupervisor:
             return
         try:
             self._standby = await _Adopted.adopt(early)
-        except OSError as exc:  # no pidfd: the first start is a cold one
+        except BaseException as exc:  # no pidfd (the first start is a cold one), a stop
+            standby.end(early)
+            if not isinstance(exc, OSError):
+                raise
             log.warning("exabgp_standby_failed", extra={"error": str(exc)})
-            early.kill()
-            early.wait()
 
     async def _keep_standby(self) -> None:
         """After each start, once the new ExaBGP has run for a while, have a standby."""
