@@ -337,6 +337,11 @@ class Daemon:
         world.speaker.on_resync = self._on_speaker_resync
         world.speaker.on_fatal = self._on_speaker_fatal
         self.metrics.sync_peers({p.name or p.address: p.up for p in world.speaker.peers.values()})
+        try:  # a taken port or control socket: exit 69 before a sysctl is written
+            self.listeners.bind()
+        except StartupError:
+            world.close()
+            raise
         if not world.dry_run:
             self._sysctls()
         self.flags.load(dry_run=world.dry_run)
@@ -360,7 +365,6 @@ class Daemon:
         freeze_heap()
         try:
             await self.controller.check_ipvs()
-            self.listeners.bind()
             return await self._main_loop(duration, world, self.controller)
         except* StartupError as group:
             raise group.exceptions[0] from None

@@ -78,17 +78,22 @@ class Listeners:
                 await first_pass.wait()
         from anycastd.observe.api import ApiServer, create_app
 
-        socks, self._socks = self._socks, None
-        if socks is None:  # closed while waiting
+        if self._socks is None:  # closed while waiting
             return
+        tcp_socks, control_sock = self._socks
         tcp, control = (
             ApiServer(create_app(status_provider=status, alive=alive, set_flag=set_flag,
                                  metrics=m, control=c))
             for m, c in ((metrics, False), (None, True))
         )
-        self.servers = [tcp, control]
-        await tcp.serve(socks[0])
-        await control.serve([socks[1]], path=self.path)
+        # each server owns its sockets once its serve() returned (or failed: it closed
+        # them); until then close() closes what is still here, also after a cancel
+        await tcp.serve(tcp_socks)
+        self.servers.append(tcp)
+        self._socks = ([], control_sock)
+        await control.serve([control_sock], path=self.path)
+        self.servers.append(control)
+        self._socks = None
         event(log, "api_listening", url=tcp.url, control=control.url)
 
     async def close(self) -> None:

@@ -26,11 +26,16 @@ def listen_tcp(host: str, port: int) -> list[socket.socket]:
     infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     socks: list[socket.socket] = []
+    unsupported: OSError | None = None
     try:
         for family, kind, proto, _, address in dict.fromkeys(
             (i[0], i[1], i[2], i[3], i[4]) for i in infos
         ):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:  # a family this kernel lacks (ipv6.disable=1): skip it,
+                unsupported = exc  # as asyncio's create_server does
+                continue
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
             if family == socket.AF_INET6:
@@ -42,6 +47,8 @@ def listen_tcp(host: str, port: int) -> list[socket.socket]:
         for sock in socks:
             sock.close()
         raise
+    if not socks:
+        raise unsupported or OSError(f"{host} resolves to no address")
     return socks
 
 
