@@ -187,8 +187,7 @@ class Controller:
 
     def poke(self) -> None:
         """A health edge, a reload or an operator flag: plan again soon. Every health edge
-        must arrive here: a pass in progress re-reads health before it announces anything
-        when a poke came in since it planned."""
+        must arrive here: a pass in progress re-reads health before it announces anything."""
         self._pokes += 1
         self._wake.set()
 
@@ -520,8 +519,9 @@ class Controller:
         else:
             delay = self.config.global_.reconcile_interval
         self._retry_at = self.clock.now() + delay
-        event(log, "actuator_error", level=logging.ERROR, actuator=exc.actuator,
-              transient=exc.transient, error=exc.message, retry_in=round(delay, 3))
+        event(log, "actuator_error", level=logging.WARNING if exc.transient else logging.ERROR,
+              actuator=exc.actuator, transient=exc.transient, error=exc.message,
+              retry_in=round(delay, 3))
 
     def _export(self, desired: Desired, observed: Observed) -> None:
         if self.metrics is None:

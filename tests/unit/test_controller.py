@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import random
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from anycastd.config import Config, loads
 from anycastd.core.desired import RealServerKey
 from anycastd.core.health import ServiceState
 from anycastd.engine.controller import Controller
 from anycastd.engine.world import bgp_settings
-from anycastd.errors import PermanentError, TransientError
+from anycastd.errors import ActuatorError, PermanentError, TransientError
 from anycastd.model import (
     GRACEFUL_SHUTDOWN,
     AddAddress,
@@ -386,6 +389,25 @@ async def test_transient_error_is_retried_with_backoff_and_nothing_is_marked_don
     assert h.lo.holds(DNS_PREFIX)
     assert h.announced() == {DNS_PREFIX: ()}
     assert [t for t, kind, _ in h.journal if kind == "lo"] == [0.0, 0.5, 1.5]
+    await h.stop()
+
+
+@pytest.mark.parametrize(("error", "level"), [
+    (TransientError("loopback", "EBUSY"), logging.WARNING),  # retried with backoff
+    (PermanentError("loopback", "EPERM"), logging.ERROR),  # left as drift
+])
+async def test_a_failed_change_is_logged_at_the_level_of_its_kind(
+    error: ActuatorError, level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``journalctl -p err`` shows what needs a person, not each retried hiccup (every
+    managed ExaBGP restart has one: the pass that finds the relay away)."""
+    caplog.set_level(logging.INFO)
+    h = Harness(config(web=False, dns=True))
+    h.states["dns"] = UP
+    h.lo.fail_next(error)
+    await h.start()
+    (failed,) = [r for r in caplog.records if r.getMessage() == "actuator_error"]
+    assert failed.levelno == level
     await h.stop()
 
 
