@@ -252,7 +252,8 @@ async def reload(daemon: Daemon) -> None:
     daemon.metrics.sync(health)
     if ctl is not None:  # a retiring service reads draining until it goes
         daemon.metrics.set_service_states(
-            {r.name: ServiceState.DRAINING if r.planned else r.state for r in ctl.retiring})
+            {r.name: ServiceState.DRAINING if r.planned else r.state for r in ctl.retiring
+             if r.of is None})  # a remnant's service has its own state
     daemon.metrics.reload(True, time.time())
     daemon.reload_ok = True
     if daemon.controller is not None:

@@ -174,6 +174,7 @@ async def test_an_ipvs_service_serves_a_dropped_prefix_through_its_drain() -> No
     dropped = VirtualService("tcp", "192.0.2.11", 80)
     h = Harness(before)
     await converged(h)
+    h.ipvs.set_connections(dropped, "10.1.0.1", 80, active=5)  # a drain that is not quiet
     mark = len(h.journal)
 
     reload(h, after)
@@ -203,14 +204,18 @@ async def test_the_daemon_shows_one_service_while_its_dropped_prefix_drains(
     tmp_path: Path,
 ) -> None:
     head = DAEMON_HEAD.format(tmp=tmp_path)
-    node = Node(tmp_path, head + _two(tmp_path, A, B))
+    node = Node(tmp_path, head + _two(tmp_path, A, B), dry_run=False)  # metrics fed
     node.flag("a-ok").touch()
     async with running(node):
         await wait_for(lambda: node.announced() == {A: (), B: ()})
         assert node.daemon is not None
+        ctl = node.daemon.controller
+        assert ctl is not None
         node.path.write_text(head + _two(tmp_path, A))
         node.daemon.request_reload()
-        await wait_for(lambda: node.announced() == {A: (), B: (GRACEFUL_SHUTDOWN,)})
+        # the demote, and the pass that made it (and exported its metrics) has ended
+        await wait_for(lambda: node.announced() == {A: (), B: (GRACEFUL_SHUTDOWN,)}
+                       and ctl.busy_since is None)
         doc = node.daemon.status()
         services = doc["services"]
         assert isinstance(services, dict)
@@ -227,8 +232,10 @@ async def test_the_daemon_shows_one_service_while_its_dropped_prefix_drains(
         assert names - {None} == {"a"}
 
         await wait_for(lambda: node.announced() == {A: ()} and not node.holds(B))
+        # not announced now (the series goes at the next pass: no service declares B)
         await wait_for(lambda: registry.get_sample_value(
-            "anycastd_prefix_announced", {"service": "a", "prefix": B}) is None)
+            "anycastd_prefix_announced", {"service": "a", "prefix": B}) in (0.0, None))
+        assert "a" in node.daemon.status()["services"]  # type: ignore[operator]
         assert registry.get_sample_value(
             "anycastd_service_state", {"service": "a", "state": "up"}) == 1.0
         assert node.holds(A)
