@@ -9,11 +9,17 @@ health is still current, then ``reconfigure(new)``); see test_controller_retire.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 
+from anycastd.actuators.memory import MemoryOspf
 from anycastd.config import Config, loads
 from anycastd.core.health import ServiceState
-from anycastd.model import GRACEFUL_SHUTDOWN, VirtualService
+from anycastd.core.plan import ControllerState, LoopbackStep, Observed, OspfStep, plan
+from anycastd.engine.reload import reload as ospf_reload
+from anycastd.engine.retire import Retirements
+from anycastd.model import GRACEFUL_SHUTDOWN, AddAddress, OspfRoute, VirtualService
+from anycastd.testing.loopback import FakeLoopback
 from tests.unit.configs import CONTROLLER_HEAD, DAEMON_HEAD
 from tests.unit.test_controller import (
     DNS_PREFIX,
@@ -24,8 +30,9 @@ from tests.unit.test_controller import (
     Harness,
     converged,
 )
-from tests.unit.test_controller_retire import bgp, reload
+from tests.unit.test_controller_retire import OSPF_CONFIG, OSPF_PREFIX, OSPF_SETTINGS, bgp, reload
 from tests.unit.test_daemon import FAST, A, B, Node, running, wait_for
+from tests.unit.test_ospf_reload import SERVICE, OspfNode
 
 DOWN = ServiceState.DOWN
 OTHER = "192.0.2.54/32"  # the prefix dns drops
@@ -239,3 +246,62 @@ async def test_the_daemon_shows_one_service_while_its_dropped_prefix_drains(
         assert registry.get_sample_value(
             "anycastd_service_state", {"service": "a", "state": "up"}) == 1.0
         assert node.holds(A)
+
+
+def test_a_dropped_ospf_prefix_publishes_its_draining_metric_for_the_drain() -> None:
+    # Pure: the remnant in the desired state, the planner, the OSPF twin.
+    two = OSPF_CONFIG.replace(f'["{OSPF_PREFIX}"]', f'["{OSPF_PREFIX}", "192.0.2.81/32"]')
+    before, after = loads(two), loads(OSPF_CONFIG)
+    retiring = Retirements()
+    retiring.reload(before, after, now=0.0, states={"web": UP}, real_servers_up={})
+    lo, ospf = FakeLoopback(), MemoryOspf(OSPF_SETTINGS)
+    lo.apply([AddAddress(ipaddress.ip_interface(p)) for p in (OSPF_PREFIX, "192.0.2.81/32")])
+    ospf.apply(frozenset({OspfRoute(OSPF_PREFIX, 10), OspfRoute("192.0.2.81/32", 10)}))
+    state = ControllerState()
+    done: list[object] = []
+    for now in (1.0, 2.0, 6.9, 7.0, 8.0):
+        desired = retiring.desired(after, {"web": UP}, {}, ())
+        observed = Observed(loopback=lo.observe(), ospf=ospf.observe())
+        result = plan(state, desired, observed, now)
+        state = result.state
+        retiring.settle(observed, state)
+        for s in result.steps:
+            if isinstance(s, OspfStep):
+                ospf.apply(s.routes)
+                done.append((now, sorted((r.prefix, r.metric) for r in s.routes)))
+            elif isinstance(s, LoopbackStep):
+                lo.apply(list(s.actions))
+                done += [(now, str(a)) for a in s.actions]
+    # the draining metric (100) at once, its 5 s, then the route goes before the address;
+    # the kept prefix stays at its metric throughout
+    assert done == [(1.0, [(OSPF_PREFIX, 10), ("192.0.2.81/32", 100)]),
+                    (7.0, [(OSPF_PREFIX, 10)]), (7.0, "remove 192.0.2.81/32")]
+    assert not retiring
+
+
+async def test_a_dropped_ospf_prefix_keeps_its_old_metrics_in_the_route_map_while_it_drains(
+    tmp_path: Path,
+) -> None:
+    # the same reload changes the service's metrics: the dropped prefix drains with the
+    # old draining metric (200), which the route-map must still hold
+    def service(prefixes: str, metrics: str) -> str:
+        return SERVICE.format(a=A, tmp=tmp_path, up=20).replace(
+            f'["{A}"]', prefixes).replace("up = 20", metrics).replace(
+            'drain_time = "300ms"', 'drain_time = "1s"')
+
+    head = DAEMON_HEAD.format(tmp=tmp_path)
+    node = OspfNode(tmp_path, head + service(
+        f'["{A}", "{B}"]', "up = 20, draining = 200, maintenance = 300"))
+    (tmp_path / "a-ok").touch()
+    async with running(node):  # type: ignore[arg-type]
+        await wait_for(lambda: node.published() == {OspfRoute(A, 20), OspfRoute(B, 20)},
+                       within=10.0)
+        assert node.daemon is not None
+        assert node.ospf is not None
+        node.path.write_text(head + service(
+            f'["{A}"]', "up = 20, draining = 210, maintenance = 310"))
+        await ospf_reload(node.daemon)
+        assert {200, 210} <= set(node.ospf.settings.metrics)
+        await wait_for(lambda: node.published() == {OspfRoute(A, 20), OspfRoute(B, 200)})
+        await wait_for(lambda: node.published() == {OspfRoute(A, 20)} and not any(
+            a.ip == ipaddress.ip_interface(B).ip for a in node.lo.addresses))
