@@ -231,11 +231,17 @@ def test_a_reload_that_drops_a_prefix_of_a_service_demotes_drains_then_withdraws
     announced(topo, dropped)
     during: list[dict[str, object]] = []
 
+    def draining() -> bool:
+        doc = daemon.api("/status") or {}
+        during[:] = [doc]
+        prefixes = doc.get("prefixes")
+        return isinstance(prefixes, dict) and prefixes.get(dropped) == "draining"
+
     def reload() -> None:
         topo.write_config([after])
         daemon.signal(signal.SIGHUP)
         daemon.wait_event("reloaded")
-        during.append(daemon.api("/status"))
+        wait_for(draining, timeout=1.5)  # the pass after the reload has planned (a demote)
 
     tl = take_down(topo, daemon, dropped, reload)
 
