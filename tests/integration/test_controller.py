@@ -170,6 +170,23 @@ def _services_for_reload() -> tuple[list[Service], list[Service]]:
     return [keep, gone, changed], [keep, changed2, new]
 
 
+def assert_drained_for_2s_then_withdrawn(
+    topo: Topo, tl: Timeline, prefix: str, *, untouched: str
+) -> None:
+    """A planned take-down of ``prefix`` with a 2 s drain, as the peer and ``lo`` saw it:
+    the graceful-shutdown community, the withdraw >= 2 s later, the address only after it;
+    ``untouched`` got no UPDATE and its address no change."""
+    assert [u.withdrawn for u in tl.updates] == [False, True], tl.updates
+    demote, withdraw = tl.updates
+    assert demote.graceful_shutdown, demote
+    assert withdraw.t - demote.t >= 1.95, "the drain (2 s) came before the withdraw"
+    assert any(s.value for s in tl.sampler.gshut), "vtysh saw the demoted path (65535:0)"
+    assert tl.removed > demote.t + 1.95
+    assert_never_announced_without_the_address(topo, prefix, tl, withdraw)
+    assert topo.peer.updates(untouched, since=tl.t0) == []
+    assert topo.monitor.of(untouched.partition("/")[0], since=tl.t0) == []
+
+
 def test_a_reload_that_removes_a_service_demotes_drains_then_withdraws(topo: Topo) -> None:
     # A reload that removes a service is a planned take-down (DESIGN.md): the removed
     # service's graceful-shutdown community first, its drain_time (2 s), the withdraw, and
@@ -192,15 +209,7 @@ def test_a_reload_that_removes_a_service_demotes_drains_then_withdraws(topo: Top
 
     tl = take_down(topo, daemon, prefix, reload)
 
-    assert [u.withdrawn for u in tl.updates] == [False, True], tl.updates
-    demote, withdraw = tl.updates
-    assert demote.graceful_shutdown, demote
-    assert withdraw.t - demote.t >= 1.95, "the drain (2 s) came before the withdraw"
-    assert any(s.value for s in tl.sampler.gshut), "vtysh saw the demoted path (65535:0)"
-    assert tl.removed > demote.t + 1.95
-    assert_never_announced_without_the_address(topo, prefix, tl, withdraw)
-    assert topo.peer.updates(stay.prefix, since=tl.t0) == []
-    assert topo.monitor.of("192.0.2.11", since=tl.t0) == []
+    assert_drained_for_2s_then_withdrawn(topo, tl, prefix, untouched=stay.prefix)
 
     # anycastd's account: demote, withdraw, remove, each for web, caused by the reload
     order = [ln for ln in tl.lines if ln.event in ("bgp_update", "bgp_withdraw", "loopback")]
@@ -245,15 +254,7 @@ def test_a_reload_that_drops_a_prefix_of_a_service_demotes_drains_then_withdraws
 
     tl = take_down(topo, daemon, dropped, reload)
 
-    assert [u.withdrawn for u in tl.updates] == [False, True], tl.updates
-    demote, withdraw = tl.updates
-    assert demote.graceful_shutdown, demote
-    assert withdraw.t - demote.t >= 1.95, "the drain (2 s) came before the withdraw"
-    assert any(s.value for s in tl.sampler.gshut), "vtysh saw the demoted path (65535:0)"
-    assert tl.removed > demote.t + 1.95
-    assert_never_announced_without_the_address(topo, dropped, tl, withdraw)
-    assert topo.peer.updates(kept, since=tl.t0) == []
-    assert topo.monitor.of("192.0.2.13", since=tl.t0) == []
+    assert_drained_for_2s_then_withdrawn(topo, tl, dropped, untouched=kept)
     assert topo.peer.has(kept)
 
     # anycastd's account: demote, withdraw, remove, each for web, caused by the reload
