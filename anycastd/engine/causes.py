@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from anycastd.core.desired import Desired
-from anycastd.engine.retire import shown_name
 from anycastd.model import (
     AddressAction,
     AddService,
@@ -49,8 +48,7 @@ class CauseBook:
         ``drift`` (a short text saying what the pass found different)."""
         if self._node is not None:
             return self._node
-        # a remnant of a service (engine.retire) has that service's cause
-        found = [self._pending[s] for s in map(shown_name, services) if s in self._pending]
+        found = [self._pending[s] for s in services if s in self._pending]
         return "; ".join(dict.fromkeys(found)) if found else f"drift: {drift}"
 
 
@@ -102,7 +100,6 @@ class Owners:
 
 
 def service_field(owners: tuple[str, ...]) -> str:
-    """The ``service=`` value of an action event: the owners, comma-joined (a remnant as
-    its service, ``engine.retire``); ``-`` when no configured service declares what the
-    action touches (removed by a reload)."""
-    return ",".join(dict.fromkeys(map(shown_name, owners))) if owners else "-"
+    """The ``service=`` value of an action event: the owners, comma-joined; ``-`` when no
+    configured service declares what the action touches (removed by a reload)."""
+    return ",".join(owners) if owners else "-"

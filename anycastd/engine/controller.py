@@ -527,9 +527,10 @@ class Controller:
         if self.metrics is None:
             return
         announced = {r.prefix for r in observed.announced} | {r.prefix for r in observed.ospf}
-        # a prefix a reload dropped reads as its service's until it is withdrawn and gone
-        for name, now, configured in self.retiring.exported(desired, announced):
-            self.metrics.set_announced(name, now, configured=configured)
+        for svc in desired.services:
+            self.metrics.set_announced(
+                svc.name, [p for p in svc.prefixes if p in announced], configured=svc.prefixes
+            )
         # computed when scraped, from values of this pass (the RIB-out copied: it changes)
         rib = dict(self.speaker.sent) if self.bgp_settings is not None else None
         self.metrics.set_pass(functools.partial(

@@ -16,7 +16,6 @@ from anycastd.core.desired import Desired, route_for
 from anycastd.core.health import ServiceState
 from anycastd.core.plan import Observed
 from anycastd.core.rib import normalize_prefix, resolve_attributes
-from anycastd.engine.retire import shown_name
 from anycastd.model import ALL_NEIGHBORS, BgpSettings, ResolvedAttributes, RibKey
 from anycastd.observe.metrics import AddressSample, PassSamples, RealServerSample, RouteSample
 
@@ -82,10 +81,9 @@ def route_samples(
         owners = intent.owners if intent is not None else ()
         match = _match(owners, attrs, states, attrs_of)
         if match is None:
-            out.append(RouteSample(prefix, peer, shown_name(owners[0]) if owners else "",
-                                   "other"))
+            out.append(RouteSample(prefix, peer, owners[0] if owners else "", "other"))
         else:
-            out.append(RouteSample(prefix, peer, shown_name(match[0]), match[1].value))
+            out.append(RouteSample(prefix, peer, match[0], match[1].value))
     return out
 
 
@@ -130,7 +128,7 @@ def ipvs_samples(desired: Desired, observed: Observed) -> list[RealServerSample]
                 rs = ors.server
                 host = f"[{rs.address}]" if ":" in rs.address else rs.address
                 out.append(RealServerSample(
-                    shown_name(svc.name), str(spec.service), f"{host}:{rs.port}", rs.weight,
+                    svc.name, str(spec.service), f"{host}:{rs.port}", rs.weight,
                     ors.active_connections, ors.inactive_connections,
                 ))  # fmt: skip
     return out
@@ -147,6 +145,5 @@ def address_samples(desired: Desired, observed: Observed) -> list[AddressSample]
         if intent.address is None:
             continue
         on = intent.prefix.partition("/")[0] in present
-        out.extend(AddressSample(owner, intent.prefix, on)
-                   for owner in dict.fromkeys(map(shown_name, intent.owners)))
+        out.extend(AddressSample(owner, intent.prefix, on) for owner in intent.owners)
     return out

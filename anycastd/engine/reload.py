@@ -38,7 +38,7 @@ from anycastd.core.health import (
 from anycastd.engine.backends import Backends
 from anycastd.engine.flags import ApiFlags
 from anycastd.engine.probes import check_spec
-from anycastd.engine.retire import MARK, Retiree, same_identity
+from anycastd.engine.retire import Retiree, same_identity
 from anycastd.engine.scheduler import CheckSpec
 from anycastd.engine.world import bgp_settings, ospf_settings
 from anycastd.errors import ActuatorError
@@ -252,8 +252,7 @@ async def reload(daemon: Daemon) -> None:
     daemon.metrics.sync(health)
     if ctl is not None:  # a retiring service reads draining until it goes
         daemon.metrics.set_service_states(
-            {r.name: ServiceState.DRAINING if r.planned else r.state for r in ctl.retiring
-             if r.of is None})  # a remnant's service has its own state
+            {r.name: ServiceState.DRAINING if r.planned else r.state for r in ctl.retiring})
     daemon.metrics.reload(True, time.time())
     daemon.reload_ok = True
     if daemon.controller is not None:
@@ -271,13 +270,10 @@ async def reload(daemon: Daemon) -> None:
 
 
 def _publishing(daemon: Daemon, new: Config) -> Config:
-    """``new`` plus the services it removes or drops prefixes of, and those still retiring:
-    for the OSPF settings, so a retiring route keeps its route-map entry (its metrics) while
-    it drains (the entries of metrics no service uses any more go at a later reload)."""
+    """``new`` plus the services it removes and those still retiring: for the OSPF settings,
+    so a retiring service's route keeps its route-map entry (its metrics) while it drains
+    (the entries of metrics no service uses any more go at a later reload)."""
     extra = {n: s for n, s in daemon.config.services.items() if n not in new.services}
-    # a service that drops prefixes drains them with its old metrics (engine.retire)
-    extra.update((f"{n}{MARK}", s) for n, s in daemon.config.services.items()
-                 if n in new.services and set(s.prefixes) - set(new.services[n].prefixes))
     if daemon.controller is not None:
         extra.update((r.name, r.service) for r in daemon.controller.retiring
                      if r.name not in new.services)

@@ -33,19 +33,6 @@ Decisions (docs/operations.md, "A reload that removes a service"):
   name is one service in logs, metrics and status. So does a new service with the same
   IPVS fwmark: one virtual service has one owner.
 * A ``[real_server]`` service publishes nothing to drain: it goes at once.
-
-A reload that drops some prefixes of a service that stays is the same planned take-down for
-those prefixes: they retire as a *remnant* of the service (a retiree with ``of`` set to the
-service's name), drained with the service's config at the reload (its draining attributes,
-OSPF draining metric, ``drain_time``), by the same rules: planned only if the service was
-serving; a prefix the new config declares (the same service again, or another one) is its
-owner's at once, so a re-add within the drain cancels that prefix's retirement without a
-withdraw; a stop continues the drain. A remnant is named internally ``NAME~N`` (``~`` is
-never in a configured name, :data:`MARK`): the planner needs one name per service, but
-what people read (logs' ``service=``, /status, metrics) shows it as ``NAME``
-(:func:`shown_name`): one service, some of its prefixes draining. It has no health of its
-own, no policy routing (the live service's rules stay the service's), and for a fwmark
-service no virtual service (the mark's virtual service is the live service's).
 """
 
 from __future__ import annotations
@@ -61,26 +48,16 @@ from anycastd.core.health import ServiceHealth, ServiceState
 from anycastd.core.plan import ControllerState, Observed
 from anycastd.observe.logs import event
 
-__all__ = ["MARK", "REASON", "Retiree", "Retirements", "same_identity", "shown_name"]
+__all__ = ["REASON", "Retiree", "Retirements", "same_identity"]
 
 log = logging.getLogger("anycastd.controller")
 
 #: the ``reason`` /status shows for a retiring service, and the ``cause=`` of its actions
 REASON = "reload: removed from the config; draining before its withdraw"
 
-#: joins a service's name and a number into the internal name of a remnant (never valid in
-#: a configured name: see ``config.scalars.NAME_RE``)
-MARK = "~"
-
 #: states at the reload from which a removal is planned work (a drain)
 _PLANNED = (ServiceState.UP, ServiceState.DRAINING, ServiceState.MAINTENANCE,
             ServiceState.DISABLED)
-
-
-def shown_name(name: str) -> str:
-    """The service name people read for ``name``: a remnant's (``web~1``) is its service's
-    (``web``); any other name is itself."""
-    return name.partition(MARK)[0]
 
 
 def same_identity(a: ServiceConfig, b: ServiceConfig) -> bool:
@@ -114,18 +91,10 @@ class Retiree:
     #: its health and its real servers' health at the reload (carried by a re-add)
     health: ServiceHealth | None = None
     rs_health: Mapping[str, ServiceHealth] = field(default_factory=dict)
-    #: a remnant (some prefixes a service that stays dropped): that service's name
-    of: str | None = None
 
     @property
     def name(self) -> str:
-        """The internal name (a remnant's is ``NAME~N``)."""
         return self.service.name
-
-    @property
-    def shown(self) -> str:
-        """The name people read: the service's."""
-        return self.of or self.service.name
 
 
 class Retirements:
@@ -175,8 +144,7 @@ class Retirements:
                  if name not in old.services and name not in renames]
         revived: dict[str, Retiree] = {}
         for svc in added:
-            matches = [r for r in self._by_name.values()
-                       if r.of is None and same_identity(r.original, svc)]
+            matches = [r for r in self._by_name.values() if same_identity(r.original, svc)]
             if len(matches) != 1:
                 continue
             r = matches[0]
@@ -208,13 +176,10 @@ class Retirements:
                   planned=planned,
                   detail="removed from the config: demote, drain, then withdraw" if planned
                   else "removed from the config while not serving: withdrawn at once")
-        for name in sorted(set(old.services) & set(new.services)):
-            self._drop(old.services[name], new.services[name], claimed, now=now,
-                       states=states, real_servers_up=real_servers_up, failing=failing)
         marks = {s.ipvs.fwmark for s in new.services.values()
                  if s.ipvs is not None and s.ipvs.protocol == "fwmark"}
         for name, r in sorted(self._by_name.items()):
-            if name in new.services:  # (a remnant's name is never a configured one)
+            if name in new.services:
                 self._end(name, "the new config reuses the name for another service")
                 continue
             ipvs = r.service.ipvs
@@ -228,57 +193,15 @@ class Retirements:
             elif keep != r.service.prefixes:
                 self._by_name[name] = dataclasses.replace(
                     r, service=r.service.model_copy(update={"prefixes": keep}))
-                event(log, "retire_narrowed", service=r.shown, cause="reload",
+                event(log, "retire_narrowed", service=name, cause="reload",
                       released=sorted(str(p) for p in set(r.service.prefixes) - set(keep)),
                       detail="the new config declares these prefixes: the new owner "
                       "takes them at once")
         return revived
 
-    def _drop(
-        self,
-        old: ServiceConfig,
-        new: ServiceConfig,
-        claimed: Collection[object],
-        *,
-        now: float,
-        states: Mapping[str, ServiceState],
-        real_servers_up: Mapping[RealServerKey, bool],
-        failing: Collection[str],
-    ) -> None:
-        """``old`` stays (as ``new``): the prefixes it drops that no service of the new
-        config declares retire as a remnant of it (see the module docstring)."""
-        if old.real_server is not None:
-            return  # a director's VIP on this node: nothing published to drain
-        dropped = tuple(p for p in old.prefixes if p not in claimed)
-        if not dropped:
-            return
-        name = old.name
-        n = 1
-        while f"{name}{MARK}{n}" in self._by_name:
-            n += 1
-        internal = f"{name}{MARK}{n}"
-        state = states.get(name, ServiceState.DOWN)
-        planned = state in _PLANNED and name not in failing
-        ipvs = old.ipvs
-        if ipvs is not None and ipvs.protocol == "fwmark":
-            ipvs = None  # the mark's one virtual service stays the live service's
-        svc = old.model_copy(update={
-            "name": internal, "prefixes": dropped, "shutdown": "drain-then-withdraw",
-            "ipvs": ipvs, "policy_routing": None})
-        rs = {(internal, k[1], k[2]): v for k, v in real_servers_up.items()
-              if k[0] == name} if ipvs is not None else {}
-        self._by_name[internal] = Retiree(
-            service=svc, original=svc, state=state, planned=planned, since=now,
-            real_servers=rs, of=name)
-        event(log, "prefixes_retiring", service=name, cause="reload",
-              prefixes=[str(p) for p in dropped], drain_time=old.drain_time, planned=planned,
-              detail="dropped from the service: demote, drain, then withdraw" if planned
-              else "dropped from the service while it was not serving: withdrawn at once")
-
     def _end(self, name: str, why: str) -> None:
-        r = self._by_name.pop(name)
-        event(log, "retire_cancelled", service=r.shown, cause="reload", detail=why,
-              prefixes=[str(p) for p in r.service.prefixes])
+        del self._by_name[name]
+        event(log, "retire_cancelled", service=name, cause="reload", detail=why)
 
     # ---- what the controller plans with
 
@@ -339,11 +262,6 @@ class Retirements:
                 if not any(str(p) in published for p in r.service.prefixes)]
         for name in gone:
             r = self._by_name.pop(name)
-            if r.of is not None:  # the service stays: so do its metric series
-                event(log, "prefixes_retired", service=r.of, cause="reload",
-                      prefixes=[str(p) for p in r.service.prefixes], planned=r.planned,
-                      detail="withdrawn: their virtual services and addresses go now")
-                continue
             event(log, "service_retired", service=name, cause="reload",
                   planned=r.planned, detail="withdrawn: its virtual services and "
                   "addresses go now")
@@ -352,32 +270,6 @@ class Retirements:
         return gone
 
     # ---- what others show
-
-    def shown_config(self, config: Config) -> Config:
-        """``config`` as people read it while services retire: the retiring services
-        added, and each remnant's prefixes listed under its service (draining there)."""
-        if not self._by_name:
-            return config
-        services = dict(config.services)
-        services.update((r.name, r.service) for r in self if r.of is None)
-        for r in self:
-            live = services.get(r.of) if r.of is not None else None
-            if live is not None:
-                extra = tuple(p for p in r.service.prefixes if p not in live.prefixes)
-                services[live.name] = live.model_copy(
-                    update={"prefixes": (*live.prefixes, *extra)})
-        return config.model_copy(update={"services": services})
-
-    def exported(
-        self, desired: Desired, announced: Collection[str]
-    ) -> list[tuple[str, list[str], list[str]]]:
-        """Per service of ``desired`` as people read it (a remnant's prefixes under its
-        service's name): (name, its prefixes in ``announced``, all its prefixes)."""
-        out: dict[str, list[str]] = {}
-        for svc in desired.services:
-            out.setdefault(shown_name(svc.name), []).extend(svc.prefixes)
-        return [(name, [p for p in prefixes if p in announced], prefixes)
-                for name, prefixes in out.items()]
 
     def shown_health(self) -> dict[str, ServiceHealth]:
         """Per retiring service with a health: that health as /status shows it (a planned

@@ -39,7 +39,7 @@ def daemon_status(
     if ctl is not None and ctl.retiring:
         # a service a reload removed shows (draining) until it is withdrawn and gone
         services = {**ctl.retiring.shown_health(), **services}
-        config = ctl.retiring.shown_config(config)  # a dropped prefix: its service's
+        config = ctl.retiring.config(config)
     methods = {name: published(config, world, name) for name in config.services}
     if ctl is not None and ctl.last_observed is not None:
         obs = ctl.last_observed

@@ -257,7 +257,6 @@ class Service:
     shutdown: str = "drain-then-withdraw"
     drain_time: str = "1s"
     extra: str = ""  # more TOML lines for the service table
-    also: tuple[str, ...] = ()  # more prefixes after ``prefix``
     #: the check's TOML lines (default: a tcp check of 127.0.0.1:port, named "tcp")
     check: str | None = None
     #: the service's timing lines; "" = none at all (anycastd's defaults)
@@ -270,10 +269,9 @@ class Service:
         check = self.check or (
             f'name = "tcp"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {self.port}\n'
         )
-        prefixes = ", ".join(f'"{p}"' for p in (self.prefix, *self.also))
         return (
             f"[services.{self.name}]\n"
-            f"prefixes = [{prefixes}]\n"
+            f'prefixes = ["{self.prefix}"]\n'
             f"{self.timing}"
             f'drain_time = "{self.drain_time}"\nshutdown = "{self.shutdown}"\n'
             f'maintenance_file = "{tmp / ("maint-" + self.name)}"\n'

@@ -225,55 +225,6 @@ def test_a_reload_that_removes_a_service_demotes_drains_then_withdraws(topo: Top
     wait_for(lambda: "web" not in daemon.api("/status")["services"], timeout=5)
 
 
-def test_a_reload_that_drops_a_prefix_of_a_service_demotes_drains_then_withdraws_it(
-    topo: Topo,
-) -> None:
-    # The service stays, one of its prefixes goes: that prefix is taken down the planned
-    # way (its service's draining attributes, its drain_time of 2 s, the withdraw, then its
-    # address). The prefix that stays sees no UPDATE at all, its address is left alone.
-    kept, dropped = "192.0.2.13/32", "192.0.2.14/32"
-    before = Service("web", kept, 8083, drain_time="2s", also=(dropped,))
-    after = Service("web", kept, 8083, drain_time="2s")
-    topo.listener(before.port)
-    daemon = topo.anycastd(topo.write_config([before]))
-    announced(topo, kept)
-    announced(topo, dropped)
-    during: list[dict[str, object]] = []
-
-    def draining() -> bool:
-        doc = daemon.api("/status") or {}
-        during[:] = [doc]
-        prefixes = doc.get("prefixes")
-        return isinstance(prefixes, dict) and prefixes.get(dropped) == "draining"
-
-    def reload() -> None:
-        topo.write_config([after])
-        daemon.signal(signal.SIGHUP)
-        daemon.wait_event("reloaded")
-        wait_for(draining, timeout=1.5)  # the pass after the reload has planned (a demote)
-
-    tl = take_down(topo, daemon, dropped, reload)
-
-    assert_drained_for_2s_then_withdrawn(topo, tl, dropped, untouched=kept)
-    assert topo.peer.has(kept)
-
-    # anycastd's account: demote, withdraw, remove, each for web, caused by the reload
-    order = [ln for ln in tl.lines if ln.event in ("bgp_update", "bgp_withdraw", "loopback")]
-    assert [ln.event for ln in order] == ["bgp_update", "bgp_withdraw", "loopback"], order
-    assert all(ln.fields["service"] == "web" for ln in order), order
-    assert all(ln.fields["cause"].startswith("reload") for ln in order), order
-    # /status during the drain: one service web, up, the dropped prefix draining
-    (doc,) = during
-    services = doc["services"]
-    assert isinstance(services, dict)
-    assert set(services) == {"web"}, services
-    assert services["web"]["state"] == "up", services
-    assert services["web"]["announced"] == [kept, dropped]
-    prefixes = doc["prefixes"]
-    assert isinstance(prefixes, dict)
-    assert prefixes[dropped] == "draining", prefixes
-
-
 def test_reload_applies_only_the_difference(topo: Topo) -> None:
     before, after = _services_for_reload()
     for port in (8091, 8092, 8093, 8094):
