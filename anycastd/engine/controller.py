@@ -28,7 +28,7 @@ import logging
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from anycastd.actuators.frr import OspfActuator
 from anycastd.actuators.ipvs import IpvsActuator
@@ -73,6 +73,12 @@ from anycastd.observe.metrics import Metrics
 
 log = logging.getLogger("anycastd.controller")
 _T = TypeVar("_T")
+_EVENTS = {"policyroute": "policy_routing"}  # an actuator's action event, if not its name
+
+
+class _Applies(Protocol):
+    def apply(self, actions: list[Any]) -> None: ...
+
 
 #: Passes in a row without a wait; a world that never converges is retried with backoff.
 MAX_PASSES = 8
@@ -458,42 +464,36 @@ class Controller:
             self._count("exabgp", 1)
             return bool(withdrawn)
         if isinstance(step, NodeStep):
-            if self.node is None:  # a reload that adds the first [real_server] is refused
-                raise PermanentError("realserver", "no real-server actuator ([real_server] "
-                                     "was not configured at start; restart anycastd)")
-            await self._in_thread(self.node.apply, list(step.actions))
-            for na in step.actions:
-                event(log, "realserver", action=str(na),
-                      **self._why(who.node(), "node not set up for its backends"))
-            self._count("realserver", len(step.actions))
+            await self._apply(self.node, "realserver", "[real_server]", step.actions,
+                              lambda a: (str(a), who.node(), "node not set up for its backends"))
         elif isinstance(step, PolicyStep):
-            if self.policy is None:  # a reload that adds the first [policy_routing]
-                raise PermanentError("policyroute", "no policy-routing actuator "
-                                     "([policy_routing] was not configured at start; restart "
-                                     "anycastd)")
-            await self._in_thread(self.policy.apply, list(step.actions))
-            for pa in step.actions:
-                event(log, "policy_routing", action=str(pa),
-                      **self._why(who.policy(pa.item), "policy rule or route differs"))
-            self._count("policyroute", len(step.actions))
+            await self._apply(self.policy, "policyroute", "[policy_routing]", step.actions,
+                              lambda a: (str(a), who.policy(a.item),
+                                         "policy rule or route differs"))
         elif isinstance(step, LoopbackStep):
-            await self._in_thread(self.loopback.apply, list(step.actions))
-            for a in step.actions:
-                drift = "address missing" if isinstance(a, AddAddress) else "address not wanted"
-                event(log, "loopback", action=str(a), **self._why(who.address(a), drift))
-            self._count("loopback", len(step.actions))
+            await self._apply(self.loopback, "loopback", "", step.actions, lambda a: (
+                str(a), who.address(a),
+                "address missing" if isinstance(a, AddAddress) else "address not wanted"))
         elif isinstance(step, IpvsStep):
-            if self.ipvs is None:  # a reload that adds the first IPVS service is refused
-                raise PermanentError("ipvs", "no IPVS actuator (IPVS was not configured at "
-                                     "start; restart anycastd)")
-            await self._in_thread(self.ipvs.apply, list(step.actions))
-            for ia in step.actions:
-                event(log, "ipvs", action=repr(ia),
-                      **self._why(who.virtual(ia), "IPVS table differs"))
-            self._count("ipvs", len(step.actions))
+            await self._apply(self.ipvs, "ipvs", "[ipvs]", step.actions,
+                              lambda a: (repr(a), who.virtual(a), "IPVS table differs"))
         elif isinstance(step, OspfStep):
             await self._execute_ospf(step, later)
         return False
+
+    async def _apply(self, actuator: _Applies | None, name: str, section: str,
+                     actions: Sequence[Any], why: Callable[[Any], tuple[str, Any, str]]) -> None:
+        """One actuator step in the worker thread, then one ``name`` event per action (logged
+        once done: ``why(action)`` is its text, owners and drift), counted. ``None``: the
+        actuator was not set up at start, and a reload added the first ``section``."""
+        if actuator is None:
+            raise PermanentError(name, f"no {name} actuator ({section} was not configured at "
+                                 "start; restart anycastd)")
+        await self._in_thread(actuator.apply, list(actions))
+        for action in actions:
+            text, owners, drift = why(action)
+            event(log, _EVENTS.get(name, name), action=text, **self._why(owners, drift))
+        self._count(name, len(actions))
 
     async def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:
         """``fn(*args)`` in a worker thread, one at a time. A thread cannot be stopped: when
