@@ -24,19 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-CONFIG = """
-[global]
-node = "bench"
-reconcile_interval = "30s"
-[api]
-enabled = false
-[bgp]
-router_id = "192.0.2.1"
-local_as = 65001
-[[bgp.neighbors]]
-address = "192.0.2.2"
-peer_as = 65000
-local_address = "192.0.2.1"
+#: one service of N /32s on the controller tests' head (tests/unit/configs.py)
+SERVICE = """
 [services.bulk]
 prefixes = [{prefixes}]
 start_state = "up"
@@ -53,6 +42,7 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=None,
                         help="a checkout of another anycastd version to time instead")
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))  # tests.unit.configs
     sys.path.insert(0, str(args.tree or REPO))
 
     from anycastd.actuators.memory import MemoryIpvs, MemoryLoopback
@@ -64,10 +54,11 @@ def main() -> None:
     from anycastd.observe.logs import configure
     from anycastd.testing.clock import FakeClock
     from anycastd.testing.exabgp import FakeSpeaker
+    from tests.unit.configs import CONTROLLER_HEAD
 
     n = args.prefixes
     quoted = ", ".join(f'"198.18.{i // 250}.{i % 250 + 1}/32"' for i in range(n))
-    config = loads(CONFIG.format(prefixes=quoted))
+    config = loads(CONTROLLER_HEAD + SERVICE.format(prefixes=quoted))
     assert config.bgp is not None
     states = {"bulk": ServiceState.UP}
     # the daemon's log format, written where it costs what a pipe to journald costs
